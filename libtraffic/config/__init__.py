@@ -1,0 +1,3 @@
+from libtraffic.config.config_parser import ConfigParser
+
+__all__ = ["ConfigParser"]

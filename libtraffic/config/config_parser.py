@@ -1,0 +1,302 @@
+"""ConfigParser: one merged config dict built from JSON layers in LibCity's precedence.
+
+Layers, highest first:
+  1. overrides: command-line flags, and during tuning the sampled values (they win over flags)
+  2. --config_file
+  3. model defaults        config/model/<task>/<MODEL>.json
+  4. dataset-class defaults config/data/<dataset_class>.json
+  5. executor defaults, then evaluator defaults, then config/base.json
+  6. the dataset's raw_data/<DATASET>/config.json (its ``info`` block flattened)
+  7. config/data/dataset_info.json (defaults of the ``info`` keys a dataset may omit)
+
+Every key's type is that of its default; a value of another type, or a key no layer knows, is
+refused where the user typed it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from libtraffic.data.synthetic import ensure_builtin_dataset
+from libtraffic.utils import paths
+from libtraffic.utils.errors import LibTrafficError
+from libtraffic.utils.jsonio import load_json
+from libtraffic.utils.registry import did_you_mean, lookup
+
+_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+# Keys of a dataset config.json that describe the atomic-file schema rather than settings.
+_SCHEMA_BLOCKS = {"geo", "rel", "dyna", "ext", "grid", "od", "usr", "info"}
+REQUIRED_ATOMIC = (".geo", ".dyna")
+
+
+def _load_task_config() -> dict:
+    return load_json(paths.CONFIG_DIR / "task_config.json", "task config")
+
+
+def resolve_task_model(task: str, model: str) -> dict:
+    """Return the task_config entry of ``model`` (dataset_class, executor, evaluator)."""
+    tasks = _load_task_config()
+    task_entry = lookup(tasks, task, "task", where="--task")
+    allowed = task_entry["allowed_model"]
+    if model not in allowed:
+        other = [t for t, e in tasks.items() if model in e["allowed_model"]]
+        if other:
+            raise LibTrafficError(
+                f"Model '{model}' is not allowed for task '{task}' (it belongs to {', '.join(other)}). "
+                f"Models of '{task}': {', '.join(allowed)}."
+            )
+        raise LibTrafficError(
+            f"Unknown model '{model}' (from --model).{did_you_mean(model, allowed)} "
+            f"Models of task '{task}': {', '.join(allowed)}."
+        )
+    return task_entry[model]
+
+
+def dataset_config_path(dataset: str) -> Path:
+    """raw_data/<dataset>/config.json, after checking the dataset folder exists."""
+    folder = paths.raw_data_dir(dataset)
+    ensure_builtin_dataset(dataset, folder.parent)
+    if not folder.is_dir():
+        raise LibTrafficError(
+            f"Dataset '{dataset}' not found: the folder {folder} does not exist.\n"
+            f"Put LibCity atomic files there: {dataset}.geo, {dataset}.rel, {dataset}.dyna and config.json "
+            "(optionally {dataset}.ext). LibCity's converted datasets (METR_LA, PEMS_BAY, LOS_LOOP, ...) "
+            "load unchanged; copy their folders into ./raw_data/.\n"
+            f"To try the pipeline without downloads, generate data in the same schema:\n"
+            f"    python -m libtraffic.data.synthetic --dataset {dataset} --num_nodes 207 --num_days 119\n"
+            "or use the built-in dataset: --dataset SYNTH_LA"
+        )
+    path = folder / "config.json"
+    if not path.is_file():
+        raise LibTrafficError(
+            f"Dataset '{dataset}' has no config.json in {folder}. It must describe the atomic files, "
+            'e.g. {"info": {"data_col": ["traffic_speed"], "weight_col": "cost", "output_dim": 1, '
+            '"time_intervals": 300}} (see LibCity\'s raw_data/METR_LA/config.json).'
+        )
+    return path
+
+
+def _dataset_layer(dataset: str) -> dict:
+    path = dataset_config_path(dataset)
+    raw = load_json(path, "dataset config")
+    if not isinstance(raw, dict):
+        raise LibTrafficError(f"The dataset config {path} must be a JSON object, got {type(raw).__name__}.")
+    layer = {k: v for k, v in raw.items() if k not in _SCHEMA_BLOCKS}
+    info = raw.get("info", {})
+    if not isinstance(info, dict):
+        raise LibTrafficError(f"The 'info' entry of {path} must be a JSON object.")
+    layer.update(info)
+    return layer
+
+
+def _config_file_path(name: str) -> Path:
+    """Find --config_file NAME as ./NAME.json (like LibCity), or as a path."""
+    candidates = [Path(name + ".json"), Path(name)] if not name.endswith(".json") else [Path(name)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise LibTrafficError(
+        f"Config file '{name}' not found: looked for {', '.join(str(c.resolve()) for c in candidates)}. "
+        "Give the name of a JSON file in the working directory (without .json) or a path to it."
+    )
+
+
+def coerce_value(key: str, value: Any, default: Any, where: str) -> Any:
+    """Check ``value`` against the type of ``default``; strings from the command line are parsed.
+
+    Returns the value converted to the default's type, or raises LibTrafficError naming ``where``.
+    """
+    from_cli = isinstance(value, str) and where.startswith("--")
+    bad = LibTrafficError(
+        f"Bad value {value!r} for '{key}' ({where}): expected {_type_name(default)} "
+        f"like the default {json.dumps(default)}."
+    )
+    if default is None:
+        if from_cli:
+            try:
+                return int(value)
+            except ValueError:
+                return value
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if from_cli and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
+        raise bad
+    if isinstance(default, (int, float)):
+        if from_cli:
+            try:
+                value = float(value) if any(c in value.lower() for c in ".en") else int(value)
+            except ValueError as err:
+                raise bad from err
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if isinstance(default, int):
+            if float(value) != int(value):
+                raise bad
+            return int(value)
+        return float(value)
+    if isinstance(default, list):
+        if from_cli:
+            value = _parse_cli_list(value)
+        return value if isinstance(value, list) else [value]
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad
+        return value
+    return value
+
+
+def _parse_cli_list(text: str) -> list:
+    if text.strip().startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    items = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            items.append(json.loads(part))
+        except json.JSONDecodeError:
+            items.append(part)
+    return items
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, list):
+        return "a list"
+    return "a string"
+
+
+class ConfigParser(Mapping):
+    """The merged configuration of one run; behaves as a read-only dict of flat keys.
+
+    ``other_args`` are command-line values (strings are parsed with the key's type);
+    ``hyper_config_dict`` are sampled hyperparameters, applied above everything else.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        model: str,
+        dataset: str,
+        config_file: str | None = None,
+        saved_model: bool | None = None,
+        train: bool | None = None,
+        other_args: Mapping[str, Any] | None = None,
+        hyper_config_dict: Mapping[str, Any] | None = None,
+    ) -> None:
+        entry = resolve_task_model(task, model)
+        cli = {k: v for k, v in (other_args or {}).items() if v is not None}
+        for key, value in (("saved_model", saved_model), ("train", train)):
+            if value is not None:
+                cli[key] = value
+        components = {
+            name: cli.get(name) or entry[name] for name in ("dataset_class", "executor", "evaluator")
+        }
+        defaults: list[tuple[str, dict]] = [
+            ("dataset info defaults", load_json(paths.CONFIG_DIR / "data" / "dataset_info.json", "defaults")),
+            (f"raw_data/{dataset}/config.json", _dataset_layer(dataset)),
+            ("config/base.json", load_json(paths.CONFIG_DIR / "base.json", "defaults")),
+        ]
+        for kind, folder in (("evaluator", "evaluator"), ("executor", "executor"), ("dataset_class", "data")):
+            path = paths.CONFIG_DIR / folder / f"{components[kind]}.json"
+            if not path.is_file():
+                valid = sorted(p.stem for p in path.parent.glob("*.json") if p.stem != "dataset_info")
+                raise LibTrafficError(
+                    f"Unknown {kind} '{components[kind]}'.{did_you_mean(components[kind], valid)} "
+                    f"Valid: {', '.join(valid)}."
+                )
+            defaults.append((f"{folder}/{path.name}", load_json(path, "defaults")))
+        defaults.append(
+            (f"model/{task}/{model}.json", load_json(paths.CONFIG_DIR / "model" / task / f"{model}.json", "defaults"))
+        )
+        self._types: dict[str, Any] = {"task": "", "model": "", "dataset": "", **components}
+        for _, layer in defaults:
+            for key, value in layer.items():
+                if self._types.get(key) is None:
+                    self._types[key] = value
+        self._config: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}
+        for source, layer in defaults:
+            self._apply(layer, source, check=False)
+        if config_file:
+            path = _config_file_path(config_file)
+            data = load_json(path, "config file")
+            if not isinstance(data, dict):
+                raise LibTrafficError(f"The config file {path} must hold a JSON object of config keys.")
+            self._apply(data, f"config file {path.name}", check=True)
+        self._apply({"task": task, "model": model, "dataset": dataset, **components}, "command line", check=False)
+        self._apply(cli, "command line", check=True)
+        if hyper_config_dict:
+            self._apply(dict(hyper_config_dict), "search space", check=True)
+        self._config_file = config_file
+
+    def _apply(self, layer: Mapping[str, Any], source: str, check: bool) -> None:
+        for key, value in layer.items():
+            if check:
+                value = self._checked(key, value, source)
+            self._config[key] = value
+            self.sources[key] = source
+
+    def _checked(self, key: str, value: Any, source: str) -> Any:
+        where = f"--{key}" if source == "command line" else source
+        if key not in self._types:
+            raise LibTrafficError(
+                f"Unknown config key '{key}' ({where}).{did_you_mean(key, self._types)} "
+                "Known keys are those in the model, dataset-class, executor and evaluator defaults "
+                "(libtraffic/config/) and the dataset's config.json."
+            )
+        return coerce_value(key, value, self._types[key], where)
+
+    def with_overrides(self, overrides: Mapping[str, Any], source: str = "search space") -> "ConfigParser":
+        """A new ConfigParser equal to this one with ``overrides`` on top (this one is untouched)."""
+        clone = object.__new__(ConfigParser)
+        clone._types = self._types
+        clone._config = dict(self._config)
+        clone.sources = dict(self.sources)
+        clone._config_file = self._config_file
+        clone._apply(dict(overrides), source, check=True)
+        return clone
+
+    def known_keys(self) -> list[str]:
+        return sorted(self._types)
+
+    def default_of(self, key: str) -> Any:
+        return self._types[key]
+
+    def overridden_by(self, keys: list[str], source: str) -> dict[str, tuple[Any, str]]:
+        """For ``keys``, the current value and source when they came from somewhere else."""
+        return {k: (self._config[k], self.sources[k]) for k in keys if k in self._config and self.sources[k] != source}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._config[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._config[key] = value
+        self.sources[key] = "set in code"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._config)
+
+    def __len__(self) -> int:
+        return len(self._config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    def log_sources(self, logger: logging.Logger) -> None:
+        for key in sorted(self._config):
+            logger.debug("config %s = %r  (from %s)", key, self._config[key], self.sources[key])

@@ -1,0 +1,57 @@
+"""TrafficStatePointDataset: LibCity's point-based traffic state dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from libtraffic.data.prepared import PreparedData, prepare_data
+from libtraffic.data.windows import make_loader, split_indices
+from libtraffic.utils.errors import LibTrafficError
+
+
+class TrafficStatePointDataset:
+    """Loaders of {'X': [B, input_window, N, F], 'y': [B, output_window, N, F]} batches.
+
+    ``prepared`` lets many runs (tuning trials) share one prepared array instead of re-reading files.
+    """
+
+    def __init__(self, config: Mapping[str, Any], prepared: PreparedData | None = None) -> None:
+        self.config = config
+        for key in ("batch_size", "input_window", "output_window"):
+            if config[key] < 1:
+                raise LibTrafficError(f"{key} must be a positive integer, got {config[key]}.")
+        if not (0 < config["train_rate"] < 1 and 0 <= config["eval_rate"] < 1 and config["train_rate"] + config["eval_rate"] < 1):
+            raise LibTrafficError(
+                f"train_rate ({config['train_rate']}) and eval_rate ({config['eval_rate']}) must be in (0, 1) with "
+                "a sum below 1, leaving the rest for testing."
+            )
+        if config["num_workers"] < 0:
+            raise LibTrafficError(f"num_workers must be >= 0, got {config['num_workers']}.")
+        self.prepared = prepared
+
+    def prepare(self) -> PreparedData:
+        if self.prepared is None:
+            self.prepared = prepare_data(self.config)
+        return self.prepared
+
+    def get_data(self) -> tuple[DataLoader, DataLoader, DataLoader]:
+        """(train, valid, test) loaders; training batches are shuffled with the run's seed."""
+        p = self.prepare()
+        cfg = self.config
+        starts = split_indices(p.split, cfg["batch_size"], cfg["pad_with_last_sample"])
+        return tuple(
+            make_loader(p.data, idx, p.input_window, p.output_window, cfg["batch_size"], shuffle=i == 0,
+                        num_workers=cfg["num_workers"], seed=cfg["seed"])
+            for i, idx in enumerate(starts)
+        )
+
+    def get_data_feature(self) -> dict[str, Any]:
+        p = self.prepare()
+        return {
+            "scaler": p.scaler, "ext_scaler": p.ext_scaler, "adj_mx": p.adj_mx, "num_nodes": p.num_nodes,
+            "feature_dim": p.feature_dim, "output_dim": p.output_dim, "ext_dim": p.ext_dim,
+            "num_batches": -(-p.split[0] // self.config["batch_size"]),
+        }

@@ -1,0 +1,178 @@
+"""Prepared data: atomic files -> scaled (T, N, F) array + adjacency, cached on disk by a hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from libtraffic.data import atomic
+from libtraffic.data.adjacency import build_adjacency
+from libtraffic.data.scalers import NoneScaler, get_scaler
+from libtraffic.data.windows import day_in_week, num_samples, split_sizes, time_in_day
+from libtraffic.utils import paths
+from libtraffic.utils.errors import LibTrafficError
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+# Every config key that changes the prepared arrays; the cache key hashes their values.
+DATA_KEYS = (
+    "dataset", "data_col", "data_files", "geo_file", "rel_file", "ext_file", "ext_col", "weight_col",
+    "output_dim", "time_intervals", "init_weight_inf_or_zero", "set_weight_link_or_dist", "bidir_adj_mx",
+    "calculate_weight_adj", "weight_adj_epsilon", "input_window", "output_window", "train_rate",
+    "eval_rate", "scaler", "ext_scaler", "normal_external", "load_external", "add_time_in_day",
+    "add_day_in_week",
+)
+
+
+@dataclass
+class PreparedData:
+    """Everything trials need, independent of batch size.
+
+    data: (T, N, F) float32, the first output_dim features scaled by ``scaler``;
+    adj_mx: (N, N) float32; split: (train, valid, test) sample counts.
+    """
+
+    data: np.ndarray
+    adj_mx: np.ndarray
+    scaler: NoneScaler
+    ext_scaler: NoneScaler
+    split: tuple[int, int, int]
+    input_window: int
+    output_window: int
+    output_dim: int
+    ext_dim: int
+    cache_key: str
+
+    @property
+    def num_nodes(self) -> int:
+        return self.data.shape[1]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.data.shape[2]
+
+
+def _files(config: Mapping[str, Any]) -> dict[str, Path]:
+    dataset = config["dataset"]
+    folder = paths.raw_data_dir(dataset)
+    data_files = config["data_files"] or [dataset]
+    if isinstance(data_files, str):
+        data_files = [data_files]
+    if len(data_files) != 1:
+        raise LibTrafficError(f"data_files lists {len(data_files)} files; TrafficStatePointDataset reads exactly one .dyna file.")
+    files = {
+        "geo": folder / f"{config['geo_file'] or dataset}.geo",
+        "rel": folder / f"{config['rel_file'] or dataset}.rel",
+        "dyna": folder / f"{data_files[0]}.dyna",
+    }
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        raise LibTrafficError(
+            f"Dataset '{dataset}' in {folder} is missing {', '.join(missing)}. A dataset needs "
+            f"<NAME>.geo, <NAME>.rel, <NAME>.dyna and config.json (file names from geo_file, rel_file, "
+            "data_files in config.json's info block)."
+        )
+    if config["load_external"]:
+        files["ext"] = folder / f"{config['ext_file'] or data_files[0]}.ext"
+        if not files["ext"].is_file():
+            raise LibTrafficError(f"load_external is true but {files['ext']} does not exist; add it or set load_external false.")
+    return files
+
+
+def cache_key(config: Mapping[str, Any], files: Mapping[str, Path]) -> str:
+    """Hash of every data-affecting setting and of the source files' size and mtime."""
+    stats = {k: [p.stat().st_size, p.stat().st_mtime_ns] for k, p in sorted(files.items())}
+    payload = {"format": CACHE_FORMAT, "files": stats, **{k: config[k] for k in DATA_KEYS}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _build(config: Mapping[str, Any], files: Mapping[str, Path], key: str) -> PreparedData:
+    geo_ids = atomic.read_geo(files["geo"])
+    dyna = atomic.read_dyna(files["dyna"], geo_ids, list(config["data_col"] or []), int(config["time_intervals"]))
+    data = dyna.data
+    nan = np.isnan(data)
+    if nan.any():
+        logger.warning("%s: %d NaN readings treated as missing (set to 0, ignored by masked metrics).", files["dyna"].name, int(nan.sum()))
+        data[nan] = 0.0
+    output_dim = config["output_dim"] or data.shape[2]
+    if not 1 <= output_dim <= data.shape[2]:
+        raise LibTrafficError(f"output_dim is {output_dim} but the .dyna file has {data.shape[2]} data column(s).")
+    extra = []
+    if config["add_time_in_day"]:
+        extra.append(np.broadcast_to(time_in_day(dyna.times)[:, None, None], (len(dyna.times), data.shape[1], 1)))
+    if config["add_day_in_week"]:
+        extra.append(np.broadcast_to(day_in_week(dyna.times)[:, None, :], (len(dyna.times), data.shape[1], 7)))
+    if "ext" in files:
+        ext = atomic.read_ext(files["ext"], dyna.times, list(config["ext_col"] or []))
+        extra.append(np.broadcast_to(ext[:, None, :], (len(dyna.times), data.shape[1], ext.shape[1])))
+    if extra:
+        data = np.concatenate([data, *extra], axis=2)
+    samples = num_samples(len(data), config["input_window"], config["output_window"])
+    if samples < 3:
+        raise LibTrafficError(
+            f"The dataset has {len(data)} time steps, too few for input_window {config['input_window']} + "
+            f"output_window {config['output_window']}."
+        )
+    split = split_sizes(samples, config["train_rate"], config["eval_rate"])
+    if min(split) <= 0:
+        raise LibTrafficError(f"train_rate {config['train_rate']} and eval_rate {config['eval_rate']} leave an empty split {split} of {samples} samples.")
+    # The scaler sees only the time steps that training inputs cover.
+    fit_steps = split[0] + config["input_window"] - 1
+    scaler = get_scaler(config["scaler"]).fit(data[:fit_steps, :, :output_dim])
+    data[..., :output_dim] = scaler.transform(data[..., :output_dim])
+    ext_scaler = NoneScaler()
+    if config["normal_external"] and data.shape[2] > output_dim:
+        ext_scaler = get_scaler(config["ext_scaler"], "ext_scaler").fit(data[:fit_steps, :, output_dim:])
+        data[..., output_dim:] = ext_scaler.transform(data[..., output_dim:])
+    origin, dest, weights = atomic.read_rel(files["rel"], geo_ids, config["weight_col"])
+    adj = build_adjacency(
+        len(geo_ids), origin, dest, weights, config["init_weight_inf_or_zero"], config["set_weight_link_or_dist"],
+        config["bidir_adj_mx"], config["calculate_weight_adj"], config["weight_adj_epsilon"],
+    )
+    return PreparedData(
+        np.ascontiguousarray(data, dtype=np.float32), adj, scaler, ext_scaler, split,
+        config["input_window"], config["output_window"], output_dim, data.shape[2] - output_dim, key,
+    )
+
+
+def _save(prepared: PreparedData, folder: Path) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.save(tmp / "data.npy", prepared.data)
+    np.save(tmp / "adj_mx.npy", prepared.adj_mx)
+    meta = {k: v for k, v in vars(prepared).items() if k not in ("data", "adj_mx")}
+    (tmp / "meta.pkl").write_bytes(pickle.dumps(meta))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _load(folder: Path) -> PreparedData:
+    meta = pickle.loads((folder / "meta.pkl").read_bytes())
+    return PreparedData(data=np.load(folder / "data.npy"), adj_mx=np.load(folder / "adj_mx.npy"), **meta)
+
+
+def prepare_data(config: Mapping[str, Any]) -> PreparedData:
+    """Read, check, scale and cache the dataset named by ``config``; reuse a matching cache."""
+    files = _files(config)
+    key = cache_key(config, files)
+    folder = paths.dataset_cache_dir() / f"{config['dataset']}_{key}"
+    if config["cache_dataset"] and (folder / "meta.pkl").is_file():
+        logger.info("Loading prepared data from cache %s", folder)
+        return _load(folder)
+    logger.info("Preparing dataset %s from %s", config["dataset"], files["dyna"].parent)
+    prepared = _build(config, files, key)
+    if config["cache_dataset"]:
+        _save(prepared, folder)
+        logger.info("Saved prepared data to %s", folder)
+    return prepared

@@ -1,0 +1,99 @@
+"""Windowing, splitting and batching by index: windows are never materialised as copies.
+
+Sample s has input steps [s, s + input_window) and target steps
+[s + input_window, s + input_window + output_window) of the (T, N, F) array.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+SECONDS_PER_DAY = 86400
+
+
+def num_samples(num_steps: int, input_window: int, output_window: int) -> int:
+    return num_steps - input_window - output_window + 1
+
+
+def split_sizes(samples: int, train_rate: float, eval_rate: float) -> tuple[int, int, int]:
+    """(train, valid, test) sample counts, rounded as LibCity: test and train rounded, valid the rest."""
+    num_test = round(samples * (1 - train_rate - eval_rate))
+    num_train = round(samples * train_rate)
+    return num_train, samples - num_test - num_train, num_test
+
+
+def time_in_day(times: np.ndarray) -> np.ndarray:
+    """Fraction of the day elapsed at each time, (T,) float32 in [0, 1)."""
+    seconds = times.astype("datetime64[s]").astype(np.int64)
+    return (seconds % SECONDS_PER_DAY / SECONDS_PER_DAY).astype(np.float32)
+
+
+def day_in_week(times: np.ndarray) -> np.ndarray:
+    """One-hot weekday (Monday = column 0), (T, 7) float32."""
+    days = times.astype("datetime64[D]").astype(np.int64)
+    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday
+    return np.eye(7, dtype=np.float32)[weekday]
+
+
+def split_indices(
+    split: tuple[int, int, int], batch_size: int, pad_train: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample start indices of train / valid / test, in time order.
+
+    With ``pad_train`` the training indices are padded with the last sample to a whole number of
+    batches (LibCity's pad_with_last_sample); evaluation splits are never padded, so metrics count
+    every test sample exactly once.
+    """
+    num_train, num_val, num_test = split
+    train = np.arange(num_train)
+    if pad_train and num_train % batch_size:
+        train = np.concatenate([train, np.full(batch_size - num_train % batch_size, num_train - 1)])
+    val = np.arange(num_train, num_train + num_val)
+    test = np.arange(num_train + num_val, num_train + num_val + num_test)
+    return train, val, test
+
+
+class WindowDataset(Dataset):
+    """Windows of a shared (T, N, F) tensor, gathered a whole batch at a time."""
+
+    def __init__(self, data: np.ndarray, starts: np.ndarray, input_window: int, output_window: int) -> None:
+        with warnings.catch_warnings():
+            # Arrays from Ray's object store are read-only; we never write to them.
+            warnings.simplefilter("ignore", UserWarning)
+            self.data = torch.from_numpy(data)
+        self.starts = torch.as_tensor(starts, dtype=torch.long)
+        self.in_offsets = torch.arange(input_window)
+        self.out_offsets = torch.arange(input_window, input_window + output_window)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        start = self.starts[torch.as_tensor(indices, dtype=torch.long)].unsqueeze(1)
+        return {"X": self.data[start + self.in_offsets], "y": self.data[start + self.out_offsets]}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        batch = self.__getitems__([index])
+        return {k: v[0] for k, v in batch.items()}
+
+
+def _as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return batch
+
+
+def make_loader(
+    data: np.ndarray, starts: np.ndarray, input_window: int, output_window: int,
+    batch_size: int, shuffle: bool, num_workers: int, seed: int,
+) -> DataLoader:
+    """Batches {'X': [B, input_window, N, F], 'y': [B, output_window, N, F]}."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        WindowDataset(data, starts, input_window, output_window),
+        batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+        collate_fn=_as_batch, generator=generator, persistent_workers=num_workers > 0,
+    )

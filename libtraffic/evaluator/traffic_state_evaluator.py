@@ -1,0 +1,154 @@
+"""Per-horizon metrics for traffic state prediction, saved as csv/json like LibCity."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from libtraffic.model.loss import METRICS
+from libtraffic.utils.errors import LibTrafficError
+from libtraffic.utils.registry import lookup
+
+logger = logging.getLogger(__name__)
+
+#: evaluator_mode -> the time steps (a slice of axis 1) that horizon i is scored on.
+EVALUATOR_MODES: dict[str, Callable[[int], slice]] = {
+    "single": lambda i: slice(i - 1, i),
+    "average": lambda i: slice(0, i),
+}
+
+
+def _write_json(result: Mapping[str, float], table: pd.DataFrame, path: Path) -> None:
+    path.write_text(json.dumps(result, indent=4))
+
+
+def _write_csv(result: Mapping[str, float], table: pd.DataFrame, path: Path) -> None:
+    table.to_csv(path)
+
+
+#: save_mode -> writer of one result file (file suffix = the mode name).
+SAVE_MODES: dict[str, Callable[[Mapping[str, float], pd.DataFrame, Path], None]] = {
+    "csv": _write_csv,
+    "json": _write_json,
+}
+
+
+def _names(value: Any, key: str) -> list[str]:
+    """A config value that lists names: a list of strings, or one string meaning a list of one."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        if len(set(value)) != len(value):
+            raise LibTrafficError(f"Config key '{key}' lists a name twice: {list(value)}.")
+        return list(value)
+    raise LibTrafficError(f"Config key '{key}' must be a list of names, got {value!r}.")
+
+
+class TrafficStateEvaluator:
+    """Collects (y_true, y_pred) batches and scores them per prediction horizon.
+
+    Config keys: ``metrics`` (names from :data:`libtraffic.model.loss.METRICS`),
+    ``evaluator_mode`` ('single': horizon i scores step i only; 'average': steps 1..i),
+    ``save_mode`` ('csv' and/or 'json'), ``output_window``, ``model`` and ``dataset``.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.metrics = _names(config["metrics"], "metrics")
+        if not self.metrics:
+            raise LibTrafficError("Config key 'metrics' is empty; name at least one metric.")
+        self._metric_fns = {
+            m: lookup(METRICS, m, "metric", where="config key 'metrics'") for m in self.metrics
+        }
+        self.mode = config["evaluator_mode"]
+        self._steps = lookup(
+            EVALUATOR_MODES, self.mode, "evaluator_mode", where="config key 'evaluator_mode'"
+        )
+        self.save_modes = _names(config["save_mode"], "save_mode")
+        self._writers = {
+            m: lookup(SAVE_MODES, m, "save_mode", where="config key 'save_mode'")
+            for m in self.save_modes
+        }
+        self.output_window = config["output_window"]
+        window = self.output_window
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise LibTrafficError(
+                f"Config key 'output_window' must be a positive integer, got {window!r}."
+            )
+        self.model = config["model"]
+        self.dataset = config["dataset"]
+        self._true: list[Tensor] = []
+        self._pred: list[Tensor] = []
+
+    def collect(self, batch: dict[str, Tensor]) -> None:
+        """Add ``batch['y_true']`` and ``batch['y_pred']``, both
+        [num_samples, output_window, num_nodes, output_dim] in original (inverse-scaled) units."""
+        y_true, y_pred = batch["y_true"], batch["y_pred"]
+        if y_true.shape != y_pred.shape:
+            raise ValueError(
+                f"y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} differ"
+            )
+        if y_true.dim() != 4 or y_true.shape[1] != self.output_window:
+            raise ValueError(
+                f"expected [samples, {self.output_window}, nodes, dim], got {tuple(y_true.shape)}"
+            )
+        self._true.append(y_true.detach().cpu())
+        self._pred.append(y_pred.detach().cpu())
+
+    def evaluate(self) -> dict[str, float]:
+        """Score everything collected: ``{'<metric>@<i>': value}`` for i = 1..output_window,
+        keys ordered horizon first, then metrics in config order (as LibCity)."""
+        if not self._true:
+            raise RuntimeError("evaluate() called before any collect()")
+        y_true, y_pred = torch.cat(self._true), torch.cat(self._pred)
+        result: dict[str, float] = {}
+        with torch.no_grad():
+            for i in range(1, self.output_window + 1):
+                steps = self._steps(i)
+                t, p = y_true[:, steps], y_pred[:, steps]
+                for name, fn in self._metric_fns.items():
+                    result[f"{name}@{i}"] = float(fn(p, t))
+        return result
+
+    def _frame(self, result: Mapping[str, float]) -> pd.DataFrame:
+        """Rows horizons 1..output_window, columns metrics in config order."""
+        horizons = range(1, self.output_window + 1)
+        data = {m: [result[f"{m}@{i}"] for i in horizons] for m in self.metrics}
+        return pd.DataFrame(data, index=pd.Index(horizons, name="horizon"))
+
+    def format_table(self, result: Mapping[str, float]) -> str:
+        """A text table of ``result`` for the terminal: horizons by metrics, 4 decimals."""
+        return self._frame(result).to_string(float_format=lambda v: f"{v:.4f}")
+
+    def save_result(self, save_path: str | Path, filename: str | None = None) -> list[Path]:
+        """Evaluate and write ``<filename>.csv`` and/or ``<filename>.json`` (per ``save_mode``)
+        into ``save_path`` (created if missing). The default filename is
+        ``<YYYY_MM_DD_HH_MM_SS>_<model>_<dataset>``. Logs the table; returns the written paths."""
+        result = self.evaluate()
+        save_dir = Path(save_path)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        if filename is None:
+            stamp = datetime.datetime.now().strftime("%Y_%m_%d_%H_%M_%S")
+            filename = f"{stamp}_{self.model}_{self.dataset}"
+        table = self._frame(result)
+        written = []
+        for mode, write in self._writers.items():
+            path = save_dir / f"{filename}.{mode}"
+            write(result, table, path)
+            written.append(path)
+        logger.info("Evaluation (%s mode):\n%s", self.mode, self.format_table(result))
+        for path in written:
+            logger.info("Saved evaluation to %s", path)
+        return written
+
+    def clear(self) -> None:
+        """Forget everything collected."""
+        self._true.clear()
+        self._pred.clear()

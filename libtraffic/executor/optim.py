@@ -1,0 +1,89 @@
+"""Optimisers and LR schedulers built from tables of (class, {torch kwarg: config key(s)})."""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from libtraffic.utils.errors import LibTrafficError
+from libtraffic.utils.registry import lookup
+
+# A tuple of keys becomes a tuple of their values (Adam's betas).
+OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
+    "adam": (torch.optim.Adam, {"lr": "learning_rate", "eps": "lr_epsilon", "betas": ("lr_beta1", "lr_beta2"), "weight_decay": "weight_decay"}),
+    "sgd": (torch.optim.SGD, {"lr": "learning_rate", "momentum": "lr_momentum", "weight_decay": "weight_decay"}),
+    "adagrad": (torch.optim.Adagrad, {"lr": "learning_rate", "eps": "lr_epsilon", "weight_decay": "weight_decay"}),
+    "rmsprop": (torch.optim.RMSprop, {"lr": "learning_rate", "alpha": "lr_alpha", "eps": "lr_epsilon", "momentum": "lr_momentum", "weight_decay": "weight_decay"}),
+    "sparse_adam": (torch.optim.SparseAdam, {"lr": "learning_rate", "eps": "lr_epsilon", "betas": ("lr_beta1", "lr_beta2")}),
+}
+
+SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
+    "multisteplr": (torch.optim.lr_scheduler.MultiStepLR, {"milestones": "steps", "gamma": "lr_decay_ratio"}),
+    "steplr": (torch.optim.lr_scheduler.StepLR, {"step_size": "step_size", "gamma": "lr_decay_ratio"}),
+    "exponentiallr": (torch.optim.lr_scheduler.ExponentialLR, {"gamma": "lr_decay_ratio"}),
+    "cosineannealinglr": (torch.optim.lr_scheduler.CosineAnnealingLR, {"T_max": "lr_T_max", "eta_min": "lr_eta_min"}),
+    "lambdalr": (torch.optim.lr_scheduler.LambdaLR, {"lr_lambda": "lr_lambda"}),
+    "reducelronplateau": (torch.optim.lr_scheduler.ReduceLROnPlateau, {"patience": "lr_patience", "factor": "lr_decay_ratio", "threshold": "lr_threshold"}),
+}
+
+
+def _kwargs(table: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    return {arg: tuple(config[k] for k in key) if isinstance(key, tuple) else config[key] for arg, key in table.items()}
+
+
+def build_optimizer(model: nn.Module, config: Mapping[str, Any]) -> torch.optim.Optimizer:
+    name = config["learner"]
+    cls, table = lookup(OPTIMIZERS, name.lower(), "learner", where="config key 'learner'")
+    if cls is torch.optim.SparseAdam:
+        raise LibTrafficError("learner 'sparse_adam' needs sparse gradients, which this model does not produce; use 'adam'.")
+    return cls(model.parameters(), **_kwargs(table, config))
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.Pow: operator.pow, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.USub: operator.neg}
+_FUNCS = {"min": min, "max": max, "abs": abs}
+
+
+def lr_lambda_from_text(text: str) -> Callable[[int], float]:
+    """Compile an arithmetic expression of ``epoch`` (e.g. '0.95 ** epoch') into a function.
+
+    Only numbers, ``epoch``, + - * / // % ** and min/max/abs are allowed; nothing is eval'ed.
+    """
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError as err:
+        raise LibTrafficError(f"lr_lambda {text!r} is not an expression of epoch: {err.msg}.") from err
+
+    def evaluate(node: ast.AST, epoch: int) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.Name) and node.id == "epoch":
+            return epoch
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](evaluate(node.left, epoch), evaluate(node.right, epoch))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](evaluate(node.operand, epoch))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
+            return _FUNCS[node.func.id](*(evaluate(a, epoch) for a in node.args))
+        raise LibTrafficError(
+            f"lr_lambda {text!r}: only numbers, 'epoch', + - * / // % ** and min/max/abs are allowed."
+        )
+
+    evaluate(tree, 0)
+    return lambda epoch: float(evaluate(tree, epoch))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any]):
+    """The LR scheduler named by lr_scheduler, or None when lr_decay is false."""
+    if not config["lr_decay"]:
+        return None
+    cls, table = lookup(SCHEDULERS, config["lr_scheduler"].lower(), "lr_scheduler", where="config key 'lr_scheduler'")
+    kwargs = _kwargs(table, config)
+    if "lr_lambda" in kwargs:
+        kwargs["lr_lambda"] = lr_lambda_from_text(kwargs["lr_lambda"])
+    return cls(optimizer, **kwargs)

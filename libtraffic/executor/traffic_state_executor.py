@@ -1,0 +1,247 @@
+"""TrafficStateExecutor: trains, validates, checkpoints and tests a model.
+
+The epoch loop is short; early stopping, LR stepping, best-checkpoint keeping and any outside
+reporting (Ray Tune) are hooks called at the end of each epoch. This module does not import Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from libtraffic.evaluator import get_evaluator
+from libtraffic.executor.optim import build_optimizer, build_scheduler
+from libtraffic.model import loss as losses
+from libtraffic.utils import paths
+from libtraffic.utils.device import get_device
+from libtraffic.utils.errors import LibTrafficError
+
+# Called after every epoch with (epoch, {'loss': val_loss, 'train_loss': ..., 'lr': ..., 'epoch_time': ...}).
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+def serializable_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
+class TrafficStateExecutor:
+    def __init__(self, config: Mapping[str, Any], model: nn.Module, data_feature: Mapping[str, Any],
+                 logger: logging.Logger | None = None) -> None:
+        self.config = config
+        self.logger = logger or logging.getLogger("libtraffic")
+        self.device = get_device(config, self.logger)
+        self.model = model.to(self.device)
+        self.scaler = data_feature["scaler"]
+        self.output_dim = data_feature["output_dim"]
+        self.exp_id = config["exp_id"]
+        self.max_epoch = config["max_epoch"]
+        self.optimizer = build_optimizer(self.model, config)
+        self.lr_scheduler = build_scheduler(self.optimizer, config)
+        self.loss_fn = None if config["train_loss"] == "none" else losses.get_train_loss(config["train_loss"])
+        self.evaluator = get_evaluator(config)
+        self.start_epoch = 0
+        self.best_val_loss = float("inf")
+        self.best_epoch = -1
+        self.best_state: dict[str, Any] | None = None
+        self.history: list[dict[str, float]] = []
+        self._writer = None
+        self.logger.info("Model %s: %d trainable parameters, device %s", config["model"],
+                         sum(p.numel() for p in self.model.parameters() if p.requires_grad), self.device)
+
+    # ----- checkpoints (one self-describing dict, also used by tuning) -----
+    def state(self, epoch: int) -> dict[str, Any]:
+        """Checkpoint after ``epoch``: model, optimiser, scheduler, epoch, best loss, config."""
+        return {
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+            "epoch": epoch,
+            "best_val_loss": self.best_val_loss,
+            "best_epoch": self.best_epoch,
+            "history": list(self.history),
+            "config": serializable_config(self.config),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Resume from a checkpoint dict: training continues at state['epoch'] + 1."""
+        self.model.load_state_dict(state["model_state_dict"])
+        self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        if self.lr_scheduler is not None and state.get("scheduler_state_dict"):
+            self.lr_scheduler.load_state_dict(state["scheduler_state_dict"])
+        self.start_epoch = state["epoch"] + 1
+        self.best_val_loss = state["best_val_loss"]
+        self.best_epoch = state["best_epoch"]
+        self.history = list(state.get("history", []))
+
+    def save_model(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(dict(state) if state is not None else self.state(self.start_epoch - 1), path)
+        self.logger.info("Saved model at %s", path)
+
+    def load_model(self, path: str | Path) -> dict[str, Any]:
+        path = Path(path)
+        if not path.is_file():
+            raise LibTrafficError(f"Model file {path} does not exist; train first (--train true) or check --exp_id.")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model_state_dict"])
+        self.logger.info("Loaded model from %s", path)
+        return state
+
+    def epoch_file(self, epoch: int) -> Path:
+        folder = paths.experiment_dir(self.exp_id) / "model_cache"
+        return folder / f"{self.config['model']}_{self.config['dataset']}_epoch{epoch}.tar"
+
+    # ----- training -----
+    def _batch_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.loss_fn is None:
+            return self.model.calculate_loss(batch)
+        y_true = self.scaler.inverse_transform(batch["y"][..., : self.output_dim])
+        y_pred = self.scaler.inverse_transform(self.model.predict(batch)[..., : self.output_dim])
+        return self.loss_fn(y_pred, y_true)
+
+    def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _train_epoch(self, loader: Iterable) -> float:
+        self.model.train()
+        total, count = 0.0, 0
+        for batch in loader:
+            batch = self._to_device(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._batch_loss(batch)
+            loss.backward()
+            if self.config["clip_grad_norm"]:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config["max_grad_norm"])
+            self.optimizer.step()
+            total, count = total + loss.item(), count + 1
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def _valid_epoch(self, loader: Iterable) -> float:
+        self.model.eval()
+        total, count = 0.0, 0
+        for batch in loader:
+            batch = self._to_device(batch)
+            n = batch["X"].shape[0]
+            total, count = total + self._batch_loss(batch).item() * n, count + n
+        return total / max(count, 1)
+
+    def train(self, train_loader: Iterable, eval_loader: Iterable, hooks: Iterable[EpochHook] = ()) -> float:
+        """Train from start_epoch to max_epoch; returns the best validation loss.
+
+        After training, the model holds the best epoch's weights when load_best_epoch is true.
+        """
+        if self.config["epoch"] > 0 and self.start_epoch == 0:
+            self.load_state(torch.load(self._existing_epoch_file(self.config["epoch"]), map_location=self.device, weights_only=False))
+            self.logger.info("Resuming training after epoch %d", self.config["epoch"])
+        hooks = [self._track_best, self._step_lr, self._log_epoch, self._save_epoch_files, *hooks]
+        self.stop, self.wait = False, 0
+        for epoch in range(self.start_epoch, self.max_epoch):
+            start = time.perf_counter()
+            train_loss = self._train_epoch(train_loader)
+            val_loss = self._valid_epoch(eval_loader)
+            if not np.isfinite(train_loss) or not np.isfinite(val_loss):
+                raise FloatingPointError(f"Epoch {epoch}: loss is {train_loss} (train) / {val_loss} (valid); training diverged.")
+            metrics = {"loss": val_loss, "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                       "epoch_time": time.perf_counter() - start}
+            self.history.append({"epoch": epoch, **metrics})
+            for hook in hooks:
+                hook(epoch, metrics)
+            self.start_epoch = epoch + 1
+            if self.stop:
+                break
+        if self.best_state is not None and self.config["load_best_epoch"]:
+            self.model.load_state_dict(self.best_state["model_state_dict"])
+            self.logger.info("Loaded the best epoch %d (val_loss %.4f)", self.best_epoch, self.best_val_loss)
+        self._close_writer()
+        return self.best_val_loss
+
+    def _existing_epoch_file(self, epoch: int) -> Path:
+        path = self.epoch_file(epoch)
+        if not path.is_file():
+            raise LibTrafficError(f"epoch {epoch}: no checkpoint {path} to resume from (saved_model must have been true).")
+        return path
+
+    # ----- epoch-end hooks -----
+    def _track_best(self, epoch: int, metrics: dict[str, float]) -> None:
+        if metrics["loss"] < self.best_val_loss:
+            self.best_val_loss, self.best_epoch = metrics["loss"], epoch
+            self.best_state = {k: v for k, v in self.state(epoch).items()}
+            self.best_state["model_state_dict"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.wait = 0
+        else:
+            self.wait += 1
+            if self.config["use_early_stop"] and self.wait >= self.config["patience"]:
+                self.logger.warning("Early stopping at epoch %d (no improvement for %d epochs)", epoch, self.wait)
+                self.stop = True
+
+    def _step_lr(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.lr_scheduler is None:
+            return
+        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.lr_scheduler.step(metrics["loss"])
+        else:
+            self.lr_scheduler.step()
+
+    def _log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        writer = self._tensorboard()
+        if writer is not None:
+            writer.add_scalar("training loss", metrics["train_loss"], epoch)
+            writer.add_scalar("eval loss", metrics["loss"], epoch)
+        if (epoch + 1) % self.config["log_every"] == 0 or epoch + 1 == self.max_epoch:
+            self.logger.info(
+                "Epoch [%d/%d] train_loss: %.4f, val_loss: %.4f, lr: %.6f, %.2fs%s", epoch, self.max_epoch,
+                metrics["train_loss"], metrics["loss"], metrics["lr"], metrics["epoch_time"],
+                "  (best)" if epoch == self.best_epoch else "",
+            )
+
+    def _save_epoch_files(self, epoch: int, metrics: dict[str, float]) -> None:
+        # As LibCity: an epoch checkpoint whenever validation improves; also the last one, so
+        # `--epoch N` can resume. Tuning trials checkpoint through Ray instead (hyper_tune).
+        if self.config["hyper_tune"] or not self.config["saved_model"]:
+            return
+        if epoch == self.best_epoch or epoch + 1 == self.max_epoch or self.stop:
+            self.save_model(self.epoch_file(epoch), self.state(epoch))
+
+    def _tensorboard(self):
+        if self._writer is None and not self.config["hyper_tune"]:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(paths.experiment_dir(self.exp_id)))
+        return self._writer
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # ----- testing -----
+    @torch.no_grad()
+    def evaluate(self, test_loader: Iterable) -> dict[str, float]:
+        """Test metrics per horizon; saves predictions (npz) and results (csv/json)."""
+        self.model.eval()
+        preds, truths = [], []
+        for batch in test_loader:
+            batch = self._to_device(batch)
+            out = self.model.predict(batch)
+            truths.append(self.scaler.inverse_transform(batch["y"][..., : self.output_dim]).cpu())
+            preds.append(self.scaler.inverse_transform(out[..., : self.output_dim]).cpu())
+        y_pred, y_true = torch.cat(preds), torch.cat(truths)
+        folder = paths.evaluate_cache_dir(self.exp_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
+        name = f"{stamp}_{self.config['model']}_{self.config['dataset']}"
+        np.savez_compressed(folder / f"{name}_predictions.npz", prediction=y_pred.numpy(), truth=y_true.numpy())
+        self.evaluator.clear()
+        self.evaluator.collect({"y_true": y_true, "y_pred": y_pred})
+        result = self.evaluator.evaluate()
+        self.evaluator.save_result(folder, name)  # also logs the metrics table
+        return result

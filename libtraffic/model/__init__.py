@@ -1,0 +1,21 @@
+"""Models, found by name through MODELS."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from libtraffic.model.rnn import RNN
+from libtraffic.utils.registry import lookup
+
+# Model name (as in task_config.json) -> class. GRU, LSTM and RNN share one class.
+MODELS = {"GRU": RNN, "LSTM": RNN, "RNN": RNN}
+
+
+def get_model(config: Mapping[str, Any], data_feature: Mapping[str, Any]) -> nn.Module:
+    return lookup(MODELS, config["model"], "model", where="--model")(config, data_feature)
+
+
+__all__ = ["MODELS", "RNN", "get_model"]

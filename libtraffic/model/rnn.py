@@ -1,0 +1,142 @@
+"""RNN: LibCity's GRU / LSTM / RNN baseline for traffic state prediction (one class).
+
+The input window [B, input_window, N, F] is flattened over nodes to [B, input_window, N*F]; a
+recurrent net reads it and a linear layer maps its last output to the next step [B, N, output_dim].
+That prediction slides into the window (or, with probability teacher_forcing_ratio during
+training, the true step does) and the net re-runs, output_window times.
+
+Two implementations with identical math and shared parameters (``rnn_impl``):
+  'plain'  re-runs torch.nn.GRU/LSTM/RNN over each window (best on GPUs with cuDNN);
+  'fast'   computes the first layer's input projection once per distinct step and runs the
+           recurrence with light cells (see recurrence.py); 'auto' picks fast on CPU.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from libtraffic.model import loss
+from libtraffic.model.recurrence import STEPS, run_direction
+from libtraffic.utils.errors import LibTrafficError
+from libtraffic.utils.registry import lookup
+
+RNN_CLASSES = {"GRU": nn.GRU, "LSTM": nn.LSTM, "RNN": nn.RNN}
+RNN_IMPLS = ("auto", "fast", "plain")
+
+
+class RNN(nn.Module):
+    """Autoregressive recurrent forecaster; outputs [B, output_window, N, output_dim]."""
+
+    def __init__(self, config: Mapping[str, Any], data_feature: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.scaler = data_feature["scaler"]
+        self.num_nodes = data_feature["num_nodes"]
+        self.feature_dim = data_feature["feature_dim"]
+        self.output_dim = data_feature["output_dim"]
+        self.input_window = config["input_window"]
+        self.output_window = config["output_window"]
+        self.rnn_type = config["rnn_type"]
+        self.hidden_size = config["hidden_size"]
+        self.num_layers = config["num_layers"]
+        self.bidirectional = config["bidirectional"]
+        self.teacher_forcing_ratio = config["teacher_forcing_ratio"]
+        self.rnn_impl = config["rnn_impl"]
+        if self.rnn_impl not in RNN_IMPLS:
+            raise LibTrafficError(f"rnn_impl must be one of {', '.join(RNN_IMPLS)}, got {self.rnn_impl!r}.")
+        if not 0 <= config["dropout"] < 1:
+            raise LibTrafficError(f"dropout must be in [0, 1), got {config['dropout']}.")
+        if self.hidden_size < 1 or self.num_layers < 1:
+            raise LibTrafficError("hidden_size and num_layers must be positive integers.")
+        rnn_class = lookup(RNN_CLASSES, self.rnn_type, "rnn_type", where="config key 'rnn_type'")
+        self.rnn = rnn_class(
+            input_size=self.num_nodes * self.feature_dim, hidden_size=self.hidden_size,
+            num_layers=self.num_layers, bidirectional=self.bidirectional,
+            # torch applies this only between layers; with one layer it would be a no-op.
+            dropout=config["dropout"] if self.num_layers > 1 else 0.0,
+        )
+        # Dropout on the last recurrent output, so `dropout` acts with any number of layers.
+        self.dropout = nn.Dropout(config["dropout"])
+        self.fc = nn.Linear(self.hidden_size * self.num_directions, self.num_nodes * self.output_dim)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def use_fast(self, device: torch.device) -> bool:
+        return self.rnn_impl == "fast" or (self.rnn_impl == "auto" and device.type == "cpu")
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        x, y = batch["X"], batch["y"]
+        batch_size = x.shape[0]
+        window = list(x.reshape(batch_size, self.input_window, -1).unbind(1))  # steps [B, N*F]
+        fast = self.use_fast(x.device)
+        cache = self._project(torch.stack(window, 1)) if fast else None
+        outputs = []
+        for i in range(self.output_window):
+            last = self._fast_last(cache, i) if fast else self._plain_last(window[i : i + self.input_window])
+            pred = self.fc(self.dropout(last)).reshape(batch_size, self.num_nodes, self.output_dim)
+            outputs.append(pred)
+            nxt = pred
+            if self.training and random.random() < self.teacher_forcing_ratio:
+                nxt = y[:, i, :, : self.output_dim]
+            if self.output_dim < self.feature_dim:
+                nxt = torch.cat([nxt, y[:, i, :, self.output_dim :]], dim=-1)
+            nxt = nxt.reshape(batch_size, -1)
+            window.append(nxt)
+            if fast and i + 1 < self.output_window:
+                for d, proj in enumerate(self._project(nxt.unsqueeze(1))):
+                    cache[d].extend(proj)
+        return torch.stack(outputs, dim=1)
+
+    def _plain_last(self, steps: list[Tensor]) -> Tensor:
+        out, _ = self.rnn(torch.stack(steps, dim=0))
+        return out[-1]
+
+    def _weights(self, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        r = self.rnn
+        return (getattr(r, "weight_ih" + sfx), getattr(r, "bias_ih" + sfx),
+                getattr(r, "weight_hh" + sfx), getattr(r, "bias_hh" + sfx))
+
+    def _project(self, steps: Tensor, layer: int = 0) -> list[list[Tensor]]:
+        """Input projections of ``steps`` [B, S, in] per direction: lists of S tensors [B, G*H]."""
+        result = []
+        for d in range(self.num_directions):
+            w_ih, b_ih, _, _ = self._weights(layer, d)
+            result.append(list(F.linear(steps, w_ih, b_ih).unbind(1)))
+        return result
+
+    def _fast_last(self, cache: list[list[Tensor]], start: int) -> Tensor:
+        """Last output [B, H*dirs] of the net over window steps start..start+input_window-1."""
+        step = STEPS[self.rnn_type]
+        projections = [c[start : start + self.input_window] for c in cache]
+        for layer in range(self.num_layers):
+            final = layer == self.num_layers - 1
+            per_dir = []
+            for d in range(self.num_directions):
+                _, _, w_hh, b_hh = self._weights(layer, d)
+                if final and d == 1:  # the reverse direction's last position is its first step
+                    per_dir.append([step(projections[d][-1], None, w_hh, b_hh)[0]])
+                else:
+                    per_dir.append(run_direction(step, projections[d], w_hh, b_hh, reverse=d == 1))
+            if final:
+                return torch.cat([outs[-1] for outs in per_dir], dim=-1)
+            seq = torch.cat([torch.stack(outs, 1) for outs in per_dir], dim=-1)  # [B, W, H*dirs]
+            seq = F.dropout(seq, self.rnn.dropout, self.training)
+            projections = self._project(seq, layer + 1)
+        raise AssertionError("unreachable")
+
+    def predict(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.forward(batch)
+
+    def calculate_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Masked MAE on inverse-scaled values, zero readings ignored (LibCity's default loss)."""
+        y_true = self.scaler.inverse_transform(batch["y"][..., : self.output_dim])
+        y_pred = self.scaler.inverse_transform(self.predict(batch))
+        return loss.masked_mae(y_pred, y_true, 0.0)

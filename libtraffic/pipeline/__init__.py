@@ -1,0 +1,3 @@
+from libtraffic.pipeline.pipeline import run_model
+
+__all__ = ["run_model"]

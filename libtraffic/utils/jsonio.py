@@ -1,0 +1,43 @@
+"""Reading user JSON files with errors that point at the line and column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from libtraffic.utils.errors import LibTrafficError
+
+
+def load_json(path: Path, what: str) -> Any:
+    """Parse ``path``; a missing file or a syntax error becomes a LibTrafficError.
+
+    ``what`` describes the file for the message ("config file", "dataset config").
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise LibTrafficError(f"The {what} {path} does not exist.") from err
+    except OSError as err:
+        raise LibTrafficError(f"Cannot read the {what} {path}: {err.strerror}.") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        lines = text.splitlines()
+        shown = lines[err.lineno - 1] if 0 < err.lineno <= len(lines) else ""
+        pointer = " " * (err.colno - 1) + "^"
+        raise LibTrafficError(
+            f"The {what} {path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}:\n"
+            f"    {shown}\n    {pointer}\n"
+            "Hint: JSON needs a comma between entries, double quotes around keys and strings, "
+            "no trailing comma, and true/false/null in lower case."
+        ) from err
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
