@@ -6,15 +6,19 @@ they can be computed once in the driver and handed to Ray trials, whose working 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Set in Ray trial processes so that they resolve paths against the driver's directory.
+ROOT_ENV = "LIBTRAFFIC_ROOT"
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PACKAGE_DIR / "config"
 
 
 def root() -> Path:
-    """The working directory a run is anchored to."""
-    return Path.cwd().resolve()
+    """The working directory a run is anchored to (the driver's, inside tuning trials)."""
+    return Path(os.environ.get(ROOT_ENV) or Path.cwd()).resolve()
 
 
 def raw_data_dir(dataset: str) -> Path:

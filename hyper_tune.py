@@ -1,0 +1,49 @@
+"""Automatic hyperparameter tuning with Ray Tune, as LibCity's hyper_tune.py.
+
+    python hyper_tune.py --task traffic_state_pred --model GRU --dataset METR_LA --space_file sample_space_file
+"""
+
+import sys
+
+from libtraffic.utils.cli import (GENERAL_ARGUMENTS, add_general_arguments, base_parser, collect_overrides,
+                                  extra_config_args, run_cli, str2bool)
+
+EPILOG = """Search alg: BasicSearch (random/grid), HyperOpt, BayesOptSearch. Scheduler: FIFO, ASHA,
+MedianStoppingRule, HyperBand. Values from the space file win over every other setting.
+Any other config key can be fixed as --key value (e.g. --input_window 6)."""
+
+
+def main() -> None:
+    parser = base_parser("Tune hyperparameters of a traffic state prediction model with Ray Tune.", EPILOG)
+    parser.add_argument("--space_file", type=str, default=None,
+                        help="search space JSON: NAME (./NAME.json) or a path (required)")
+    parser.add_argument("--scheduler", type=str, default="FIFO", help="FIFO, ASHA, MedianStoppingRule or HyperBand")
+    parser.add_argument("--search_alg", type=str, default="BasicSearch", help="BasicSearch, HyperOpt or BayesOptSearch")
+    parser.add_argument("--num_samples", type=int, default=5, help="number of sampled trials (times each grid point)")
+    parser.add_argument("--max_concurrent", type=int, default=1, help="trials running at once")
+    parser.add_argument("--cpu_per_trial", type=int, default=1, help="CPUs (torch threads) per trial")
+    parser.add_argument("--gpu_per_trial", type=int, default=None, help="GPUs per trial (default 1 if a GPU is visible, else 0)")
+    parser.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False,
+                        help="continue the interrupted experiment --exp_id")
+    parser.add_argument("--dry_run", type=str2bool, nargs="?", const=True, default=False,
+                        help="validate and print a few sampled configurations without training")
+    parser.add_argument("--time_budget_s", type=float, default=None, help="stop starting/continuing trials after this many seconds")
+    add_general_arguments(parser)
+    args, extras = parser.parse_known_args()
+    overrides = collect_overrides(args, ["exp_id", "seed", *GENERAL_ARGUMENTS], extra_config_args(parser, extras))
+    from libtraffic.pipeline import hyper_parameter
+    from libtraffic.pipeline.tune_report import TuningFailed
+
+    try:
+        hyper_parameter(task=args.task, model_name=args.model, dataset_name=args.dataset, config_file=args.config_file,
+                        space_file=args.space_file, scheduler=args.scheduler, search_alg=args.search_alg,
+                        other_args=overrides, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+                        cpu_per_trial=args.cpu_per_trial, gpu_per_trial=args.gpu_per_trial, resume=args.resume,
+                        dry_run=args.dry_run, time_budget_s=args.time_budget_s)
+    except TuningFailed as err:
+        print(f"Error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_cli(main)

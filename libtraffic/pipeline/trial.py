@@ -1,0 +1,74 @@
+"""One tuning trial: the function trainable Ray Tune runs (Ray imports live in pipeline/ only)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from libtraffic.config import ConfigParser
+from libtraffic.data import PreparedData, get_dataset
+from libtraffic.executor import get_executor
+from libtraffic.model import get_model
+from libtraffic.utils.seed import derive_seed, set_random_seed
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    base_seed: int
+    threads: int
+
+
+def trial_index(context) -> int:
+    """Creation index of the running trial (0, 1, ...), the same on every run and resume.
+
+    Ray names a trial's folder '<trial name>_<index>_<params>_<date>'.
+    """
+    folder = Path(context.get_trial_dir()).name
+    return int(folder[len(context.get_trial_name()) + 1 :].split("_", 1)[0])
+
+
+def trial_config(base: ConfigParser, sampled: dict[str, Any], seed: int) -> ConfigParser:
+    """A fresh config for one trial: sampled values on top, its own seed; base is untouched."""
+    return base.with_overrides({**sampled, "seed": seed}, source="search space")
+
+
+def train_trial(sampled: dict[str, Any], base_config: ConfigParser, prepared: PreparedData | None,
+                settings: TrialSettings) -> None:
+    """Train one sampled configuration, reporting validation loss each epoch.
+
+    A checkpoint (the executor's state dict) goes with every epoch that improves the validation
+    loss, so the one checkpoint Ray keeps is the trial's best epoch; resuming restarts after it.
+    """
+    torch.set_num_threads(settings.threads)
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint otherwise
+    seed = derive_seed(settings.base_seed, trial_index(tune.get_context()))
+    config = trial_config(base_config, sampled, seed)
+    set_random_seed(seed)
+    dataset = get_dataset(config, prepared)
+    train_data, valid_data, _ = dataset.get_data()
+    data_feature = dataset.get_data_feature()
+    executor = get_executor(config, get_model(config, data_feature), data_feature)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            executor.load_state(torch.load(Path(folder) / CHECKPOINT_FILE, map_location=executor.device, weights_only=False))
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        row = {**metrics, "epoch": epoch, "best_loss": executor.best_val_loss, "best_epoch": executor.best_epoch,
+               "trial_seed": seed, "max_epoch": config["max_epoch"]}
+        if epoch != executor.best_epoch:
+            tune.report(row)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(executor.state(epoch), Path(folder) / CHECKPOINT_FILE)
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    executor.train(train_data, valid_data, hooks=[report])

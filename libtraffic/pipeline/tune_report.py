@@ -1,0 +1,150 @@
+"""End of a tuning run: trial table, best trial, best model and config, test metrics, results files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from libtraffic.config import ConfigParser
+from libtraffic.data import PreparedData, get_dataset
+from libtraffic.executor import get_executor
+from libtraffic.model import get_model
+from libtraffic.pipeline.search_space import SearchSpace
+from libtraffic.pipeline.trial import CHECKPOINT_FILE, trial_config
+from libtraffic.utils import paths
+from libtraffic.utils.jsonio import write_json
+
+
+class TuningFailed(Exception):
+    """Every trial failed; the message summarises their errors (exit code 1)."""
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    config: dict[str, Any]
+    seed: int | None
+    status: str
+    epochs_run: int
+    best_epoch: int | None
+    best_loss: float
+    loss_curve: list[float] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    error: str = ""
+
+
+def progress_reporter(space: SearchSpace):
+    from ray.tune import CLIReporter
+
+    return CLIReporter(parameter_columns=list(space.entries),
+                       metric_columns={"epoch": "epoch", "loss": "loss", "best_loss": "best loss"},
+                       max_report_frequency=15, sort_by_metric=True)
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars (from HyperOpt/BayesOpt) as plain Python numbers, for printing and JSON."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict)) else value
+
+
+def _error_text(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    # Ray wraps the trial's exception; its last line is "ExcType: message".
+    return lines[-1] if lines else type(error).__name__
+
+
+def collect_records(results) -> list[TrialRecord]:
+    records = []
+    for result in results:
+        df = result.metrics_dataframe
+        has_rows = df is not None and len(df) and "loss" in df
+        losses = [float(x) for x in df["loss"]] if has_rows else []
+        trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name)
+        best_i = min(range(len(losses)), key=losses.__getitem__) if losses else None
+        max_epoch = int(df["max_epoch"].iloc[-1]) if has_rows else 0
+        status = "ERROR" if result.error else ("DONE" if len(losses) >= max_epoch else "STOPPED EARLY")
+        records.append(TrialRecord(
+            trial_id=trial_id, config={k: _plain(v) for k, v in result.config.items()}, status=status,
+            seed=int(df["trial_seed"].iloc[0]) if has_rows else None, epochs_run=len(losses),
+            best_epoch=int(df["epoch"].iloc[best_i]) if best_i is not None else None,
+            best_loss=losses[best_i] if best_i is not None else math.nan, loss_curve=losses,
+            wall_time_s=float(df["time_total_s"].iloc[-1]) if has_rows else 0.0, error=_error_text(result.error),
+        ))
+    return sorted(records, key=lambda r: (math.isnan(r.best_loss), r.best_loss))
+
+
+def format_trials(records: list[TrialRecord], params: list[str]) -> str:
+    rows = [{"trial": r.trial_id, **{p: r.config.get(p) for p in params}, "epochs": r.epochs_run,
+             "best epoch": r.best_epoch, "best val loss": round(r.best_loss, 4), "status": r.status} for r in records]
+    return pd.DataFrame(rows).to_string(index=False)
+
+
+def write_results(records: list[TrialRecord], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = folder / "hyper_tune_results.json", folder / "hyper_tune_results.csv"
+    write_json(json_path, [asdict(r) for r in records])
+    rows = [{**{k: v for k, v in asdict(r).items() if k not in ("config", "loss_curve")},
+             **{f"config.{k}": v for k, v in r.config.items()}, "loss_curve": json.dumps(r.loss_curve)} for r in records]
+    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    return [csv_path, json_path]
+
+
+def _best_state(results, trial_id: str) -> dict[str, Any]:
+    for result in results:
+        if str((result.metrics or {}).get("trial_id")) == trial_id:
+            checkpoint = result.get_best_checkpoint("loss", "min") or result.checkpoint
+            with checkpoint.as_directory() as folder:
+                return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    raise KeyError(trial_id)
+
+
+def best_config_file(config: ConfigParser, best: TrialRecord) -> dict[str, Any]:
+    """The user's fixed settings plus the best sampled values and the trial seed."""
+    user = {k: config[k] for k, source in config.sources.items()
+            if (source == "command line" or source.startswith("config file"))
+            and k not in ("task", "model", "dataset", "exp_id", "dataset_class", "executor", "evaluator")}
+    return {**user, **best.config, "seed": best.seed}
+
+
+def finish(config: ConfigParser, space: SearchSpace, results, logger: logging.Logger,
+           prepared: PreparedData | None) -> dict[str, Any]:
+    records = collect_records(results)
+    folder = paths.experiment_dir(config["exp_id"])
+    written = write_results(records, folder)
+    params = list(space.entries)
+    finished = [r for r in records if r.status != "ERROR" and r.epochs_run]
+    print("\nAll trials, best first:\n" + format_trials(records, params))
+    for r in records:
+        if r.error:
+            print(f"Trial {r.trial_id} failed: {r.error}")
+    if not finished:
+        raise TuningFailed(f"All {len(records)} trials failed; see the errors above and the log. Results: {written[0]}")
+    best = finished[0]
+    print(f"\nBest trial config: {best.config}")
+    print(f"Best trial final validation loss: {best.best_loss}")
+    logger.info("Best trial %s (seed %s, epoch %s): config %s, validation loss %s",
+                best.trial_id, best.seed, best.best_epoch, best.config, best.best_loss)
+    state = _best_state(results, best.trial_id)
+    cfg = trial_config(config, best.config, best.seed)
+    dataset = get_dataset(cfg, prepared)
+    _, _, test_data = dataset.get_data()
+    data_feature = dataset.get_data_feature()
+    executor = get_executor(cfg, get_model(cfg, data_feature), data_feature, logger)
+    executor.model.load_state_dict(state["model_state_dict"])
+    model_file = paths.model_cache_file(config["exp_id"], config["model"], config["dataset"])
+    executor.save_model(model_file, state)
+    best_file = folder / f"{config['model']}_{config['dataset']}_best_config.json"
+    write_json(best_file, best_config_file(config, best))
+    test_result = executor.evaluate(test_data)
+    print(f"Best model: {model_file}\nBest config (for run_model.py --config_file): {best_file}\n"
+          f"All trials: {written[0]} and {written[1].name}")
+    return {"trial_id": best.trial_id, "config": best.config, "loss": best.best_loss, "seed": best.seed,
+            "test": test_result, "model_file": str(model_file), "config_file": str(best_file)}
