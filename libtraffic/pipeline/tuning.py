@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +230,9 @@ def _run_ray(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: 
     from ray import tune
 
     _ray_init(opts.cpu_per_trial)
+    # A failed trial is listed with its error at the end and in Ray's table (with its error
+    # file); Ray's own full traceback dump per failure would bury the trial table.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     settings = TrialSettings(base_seed=config["seed"], threads=opts.cpu_per_trial)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base_config=config, prepared=prepared, settings=settings),
@@ -259,12 +262,19 @@ def _run_ray(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: 
         )
     import ray
 
+    def before_ray(signum, frame):  # our SIGINT handler; Ray installs its own over it during fit()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, before_ray)
     try:
         results = tuner.fit()
-    except KeyboardInterrupt:
-        print(f"\nInterrupted. Finished trials are kept; continue with --resume --exp_id {config['exp_id']}.",
-              file=sys.stderr)
-        raise
     finally:
+        # Ray's handler puts the previous handler back only when it caught a Ctrl-C, saved the
+        # experiment state and stopped early; after a complete run its own handler is still set.
+        interrupted = signal.getsignal(signal.SIGINT) is before_ray
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         ray.shutdown()
+    if interrupted:
+        raise KeyboardInterrupt(f"Interrupted: finished trials are kept. Continue with the same command plus "
+                                f"--resume --exp_id {config['exp_id']}.")
     return results

@@ -89,6 +89,6 @@ def run_cli(main: Callable[[], object]) -> None:
     except LibTrafficError as err:
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"\n{err or 'Interrupted.'}", file=sys.stderr)
         sys.exit(130)
