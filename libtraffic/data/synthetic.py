@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import lfilter
 
 from libtraffic.utils.errors import LibTrafficError
 
@@ -141,6 +140,8 @@ def _ar1(rng: np.random.Generator, shape: tuple[int, int], phi: float) -> np.nda
     """Stationary unit-variance AR(1) series along axis 0, shape (T, N)."""
     innovations = rng.standard_normal(shape) * np.sqrt(1.0 - phi**2)
     before_start = rng.standard_normal((1, shape[1]))
+    from scipy.signal import lfilter  # imported here: ~3 s that config parsing should not pay
+
     series, _ = lfilter([1.0], [1.0, -phi], innovations, axis=0, zi=phi * before_start)
     return series
 
@@ -173,6 +174,8 @@ def _incidents(rng: np.random.Generator, shape: tuple[int, int], kernel: np.ndar
     """Sparse sudden slowdowns (about one per sensor every three days) that clear over ~1.5 h."""
     starts = rng.random(shape) < 1.0 / (3 * STEPS_PER_DAY)
     impulses = np.where(starts, rng.uniform(0.15, 0.5, shape), 0.0)
+    from scipy.signal import lfilter
+
     decayed = lfilter([1.0], [1.0, -0.94], impulses, axis=0)
     return decayed @ kernel.T
 

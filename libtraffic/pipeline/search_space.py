@@ -39,15 +39,17 @@ class SpaceType:
 SPACE_TYPES: dict[str, SpaceType] = {
     "uniform": SpaceType(lambda e: tune.uniform(e["lower"], e["upper"]), ("lower", "upper"), (),
                          "float uniformly in [lower, upper)", True),
-    "loguniform": SpaceType(lambda e: tune.loguniform(e["lower"], e["upper"], e.get("base", 10)),
-                            ("lower", "upper"), ("base",), "float log-uniformly in [lower, upper), 0 < lower", True),
+    "loguniform": SpaceType(lambda e: tune.loguniform(e["lower"], e["upper"]),
+                            ("lower", "upper"), (), "float log-uniformly in [lower, upper), 0 < lower", True),
     "quniform": SpaceType(lambda e: tune.quniform(e["lower"], e["upper"], e["q"]), ("lower", "upper", "q"), (),
                           "float uniformly in [lower, upper], rounded to a multiple of q", True),
     "randn": SpaceType(lambda e: tune.randn(e["mean"], e["sd"]), ("mean", "sd"), (),
                        "float from a normal distribution (sd > 0)", True),
     "randint": SpaceType(lambda e: tune.randint(e.get("lower", 0), e["upper"]), ("upper",), ("lower",),
                          "integer in [lower, upper), upper excluded; lower defaults to 0", False),
-    "qrandint": SpaceType(lambda e: tune.qrandint(e["lower"], e["upper"], e["q"]), ("lower", "upper", "q"), (),
+    # Ray's qrandint leaves out `upper` when q is 1; randint(lower, upper + 1) keeps it in.
+    "qrandint": SpaceType(lambda e: tune.qrandint(e["lower"], e["upper"], e["q"]) if e["q"] != 1
+                          else tune.randint(e["lower"], e["upper"] + 1), ("lower", "upper", "q"), (),
                           "integer in [lower, upper], upper included, a multiple of q", False),
     "lograndint": SpaceType(lambda e: tune.lograndint(e["lower"], e["upper"]), ("lower", "upper"), (),
                             "integer log-uniformly in [lower, upper), 0 < lower", False),
@@ -123,9 +125,13 @@ def find_space_file(name: str) -> Path:
 
 def _number(path: Path, param: str, entry: dict, key: str) -> float:
     value = entry[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LibTrafficError(f"{path}: entry '{param}': '{key}' must be a number, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise LibTrafficError(f"{path}: entry '{param}': '{key}' must be a finite number, got {value!r}.")
     return value
+
+
+def _multiple(value: float, q: float) -> bool:
+    return math.isclose(value / q, round(value / q), abs_tol=1e-9)
 
 
 def _check_entry(path: Path, param: str, entry: Any, config: ConfigParser) -> dict:
@@ -135,7 +141,7 @@ def _check_entry(path: Path, param: str, entry: Any, config: ConfigParser) -> di
     if "type" not in entry:
         raise LibTrafficError(f"{where} has no 'type'. Valid types: {', '.join(SPACE_TYPES)}.")
     kind = entry["type"]
-    if kind not in SPACE_TYPES:
+    if not isinstance(kind, str) or kind not in SPACE_TYPES:
         raise LibTrafficError(
             f"{where} has unknown type {kind!r}.{did_you_mean(str(kind), SPACE_TYPES)} Valid types: "
             + "; ".join(f"{n} ({', '.join(t.required + tuple(o + '?' for o in t.optional))})" for n, t in SPACE_TYPES.items())
@@ -168,11 +174,16 @@ def _check_entry(path: Path, param: str, entry: Any, config: ConfigParser) -> di
     else:
         lower, upper = entry.get("lower", 0), entry["upper"]
         if lower >= upper:
-            raise LibTrafficError(f"{where} ({kind}): 'lower' ({lower}) must be smaller than 'upper' ({upper}).")
+            implicit = "" if "lower" in entry else " (lower defaults to 0)"
+            raise LibTrafficError(f"{where} ({kind}): 'lower' ({lower}){implicit} must be smaller than 'upper' ({upper}).")
         if kind.startswith("log") and lower <= 0:
             raise LibTrafficError(f"{where} ({kind}): 'lower' must be > 0 for a log scale, got {lower}.")
         if "q" in entry and entry["q"] <= 0:
             raise LibTrafficError(f"{where} ({kind}): 'q' must be > 0, got {entry['q']}.")
+        if kind == "quniform" and not (_multiple(lower, entry["q"]) and _multiple(upper, entry["q"])):
+            raise LibTrafficError(f"{where} (quniform): 'lower' and 'upper' must be multiples of q ({entry['q']}).")
+        if kind == "qrandint" and math.floor(upper / entry["q"]) * entry["q"] < lower:
+            raise LibTrafficError(f"{where} (qrandint): no multiple of q ({entry['q']}) lies in [{lower}, {upper}].")
         if not spec.continuous:
             for key in ("lower", "upper", "q"):
                 if key in entry and float(entry[key]) != int(entry[key]):

@@ -36,6 +36,7 @@ class TrialRecord:
     best_epoch: int | None
     best_loss: float
     loss_curve: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
     error: str = ""
 
@@ -76,6 +77,7 @@ def collect_records(results) -> list[TrialRecord]:
             seed=int(df["trial_seed"].iloc[0]) if has_rows else None, epochs_run=len(losses),
             best_epoch=int(df["epoch"].iloc[best_i]) if best_i is not None else None,
             best_loss=losses[best_i] if best_i is not None else math.nan, loss_curve=losses,
+            epoch_seconds=[float(x) for x in df["epoch_time"]] if has_rows else [],
             wall_time_s=float(df["time_total_s"].iloc[-1]) if has_rows else 0.0, error=_error_text(result.error),
         ))
     return sorted(records, key=lambda r: (math.isnan(r.best_loss), r.best_loss))
@@ -91,8 +93,9 @@ def write_results(records: list[TrialRecord], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = folder / "hyper_tune_results.json", folder / "hyper_tune_results.csv"
     write_json(json_path, [asdict(r) for r in records])
-    rows = [{**{k: v for k, v in asdict(r).items() if k not in ("config", "loss_curve")},
-             **{f"config.{k}": v for k, v in r.config.items()}, "loss_curve": json.dumps(r.loss_curve)} for r in records]
+    rows = [{**{k: v for k, v in asdict(r).items() if k not in ("config", "loss_curve", "epoch_seconds")},
+             **{f"config.{k}": v for k, v in r.config.items()}, "loss_curve": json.dumps(r.loss_curve),
+             "epoch_seconds": json.dumps(r.epoch_seconds)} for r in records]
     pd.DataFrame(rows).to_csv(csv_path, index=False)
     return [csv_path, json_path]
 
@@ -115,7 +118,7 @@ def best_config_file(config: ConfigParser, best: TrialRecord) -> dict[str, Any]:
 
 
 def finish(config: ConfigParser, space: SearchSpace, results, logger: logging.Logger,
-           prepared: PreparedData | None) -> dict[str, Any]:
+           prepared: PreparedData | None, fit_seconds: float) -> dict[str, Any]:
     records = collect_records(results)
     folder = paths.experiment_dir(config["exp_id"])
     written = write_results(records, folder)
@@ -128,7 +131,8 @@ def finish(config: ConfigParser, space: SearchSpace, results, logger: logging.Lo
     if not finished:
         raise TuningFailed(f"All {len(records)} trials failed; see the errors above and the log. Results: {written[0]}")
     best = finished[0]
-    print(f"\nBest trial config: {best.config}")
+    print(f"\n{len(records)} trials in {fit_seconds:.1f} s of tuning.")
+    print(f"Best trial config: {best.config}")
     print(f"Best trial final validation loss: {best.best_loss}")
     logger.info("Best trial %s (seed %s, epoch %s): config %s, validation loss %s",
                 best.trial_id, best.seed, best.best_epoch, best.config, best.best_loss)
@@ -147,4 +151,5 @@ def finish(config: ConfigParser, space: SearchSpace, results, logger: logging.Lo
     print(f"Best model: {model_file}\nBest config (for run_model.py --config_file): {best_file}\n"
           f"All trials: {written[0]} and {written[1].name}")
     return {"trial_id": best.trial_id, "config": best.config, "loss": best.best_loss, "seed": best.seed,
-            "test": test_result, "model_file": str(model_file), "config_file": str(best_file)}
+            "test": test_result, "model_file": str(model_file), "config_file": str(best_file),
+            "fit_seconds": fit_seconds, "trials": [asdict(r) for r in records]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,8 +203,9 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
         prepared = get_dataset(config).prepare()
         logger.info("Prepared data once in the driver: %s, shared with every trial", prepared.data.shape)
     max_t = int(space.upper_bound("max_epoch") or config["max_epoch"])
+    start = time.perf_counter()
     results = _run_ray(config, space, opts, gpus, max_t, prepared, ray_dir, logger)
-    return tune_report.finish(config, space, results, logger, prepared)
+    return tune_report.finish(config, space, results, logger, prepared, time.perf_counter() - start)
 
 
 def _ray_init(threads: int) -> None:

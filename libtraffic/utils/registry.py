@@ -37,7 +37,9 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     distance, _, best = scored[0]
     if distance <= max(2, len(name) // 3):
         return f" Did you mean '{best}'?"
-    return ""
+    # A shortened name ('grid' for 'grid_search', 'BayesOpt' for 'BayesOptSearch').
+    prefixed = [c for c in choices if len(name) >= 3 and c.lower().startswith(name.lower())]
+    return f" Did you mean '{prefixed[0]}'?" if len(prefixed) == 1 else ""
 
 
 def lookup(registry: Mapping[str, T], name: str, kind: str, where: str = "") -> T:

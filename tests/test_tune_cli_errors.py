@@ -1,0 +1,350 @@
+"""hyper_tune.py on bad input: one clear message, exit code 2, no traceback, no Ray started.
+
+A handful of cases run the real CLI as subprocesses (each pays several seconds of imports, so the
+selected ones run two at a time, started once per module); the rest call hyper_parameter()
+in-process with Ray start-up and data preparation replaced by tripwires, so none can reach Ray.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from libtraffic.data.synthetic import write_synthetic_dataset
+from libtraffic.pipeline import tuning
+from libtraffic.utils.errors import LibTrafficError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HYPER_TUNE = REPO_ROOT / "hyper_tune.py"
+BASE_ARGS = ["--task", "traffic_state_pred", "--model", "GRU", "--dataset", "TINY"]
+RAY_STARTED = "Started a local Ray instance"
+
+
+def tutorial_without_comma() -> str:
+    """sample_space_file.json with the comma after the max_epoch entry removed, as in LibCity's tutorial."""
+    lines = (REPO_ROOT / "sample_space_file.json").read_text().splitlines()
+    closing = next(i for i, line in enumerate(lines) if '"hidden_size"' in line) - 1
+    assert lines[closing].strip() == "},"
+    lines[closing] = lines[closing].replace("},", "}")
+    return "\n".join(lines) + "\n"
+
+
+def missing_comma_position() -> tuple[int, int]:
+    """1-based line and column of the "hidden_size" key that follows the missing comma."""
+    lines = tutorial_without_comma().splitlines()
+    index = next(i for i, line in enumerate(lines) if '"hidden_size"' in line)
+    return index + 1, lines[index].index('"hidden_size"') + 1
+
+
+def make_workdir(folder: Path) -> Path:
+    """A working directory with ./raw_data/TINY and ./sample_space_file.json, as a user would have."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_synthetic_dataset(folder / "raw_data", "TINY", num_nodes=4, num_days=2, seed=0)
+    (folder / "sample_space_file.json").write_text((REPO_ROOT / "sample_space_file.json").read_text())
+    return folder
+
+
+# ----------------------------------------------------------------------------- subprocess cases
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    workdir: Path
+
+
+def _setup_tutorial_typo(folder: Path) -> None:
+    (folder / "typo.json").write_text(tutorial_without_comma())
+
+
+def _setup_existing_experiment(folder: Path) -> None:
+    existing = folder / "libtraffic" / "cache" / "hyper_tune" / "taken"
+    existing.mkdir(parents=True)
+    (existing / "keep.txt").write_text("user data")
+
+
+# case name -> (extra arguments, setup of the working directory)
+CASES: dict[str, tuple[list[str], Callable[[Path], None] | None]] = {
+    "missing_space_file": ([], None),
+    "malformed_json": (["--space_file", "typo"], _setup_tutorial_typo),
+    "unknown_search_alg": (["--space_file", "sample_space_file", "--search_alg", "HyperOpts"], None),
+    "gpu_per_trial": (["--space_file", "sample_space_file", "--gpu_per_trial", "1"], None),
+    "existing_exp_id": (["--space_file", "sample_space_file", "--exp_id", "taken"], _setup_existing_experiment),
+    "dry_run_seed0": (["--space_file", "sample_space_file", "--dry_run", "--num_samples", "4", "--seed", "0"], None),
+    "dry_run_seed0_again": (["--space_file", "sample_space_file", "--dry_run", "--num_samples", "4", "--seed", "0"],
+                            None),
+    "dry_run_seed1": (["--space_file", "sample_space_file", "--dry_run", "--num_samples", "4", "--seed", "1"], None),
+}
+# test name -> the cases it reads (only the cases of selected tests are run)
+USED_BY: dict[str, tuple[str, ...]] = {
+    "test_cli_missing_space_file": ("missing_space_file",),
+    "test_cli_malformed_json": ("malformed_json",),
+    "test_cli_unknown_search_alg": ("unknown_search_alg",),
+    "test_cli_gpu_per_trial_without_gpu_fails_fast": ("gpu_per_trial",),
+    "test_cli_existing_exp_id_without_resume": ("existing_exp_id",),
+    "test_cli_dry_run_prints_configs_without_ray": ("dry_run_seed0",),
+    "test_cli_dry_run_is_reproducible_per_seed": ("dry_run_seed0", "dry_run_seed0_again", "dry_run_seed1"),
+}
+
+
+def _run_case(folder: Path, args: list[str]) -> CliResult:
+    env = {k: v for k, v in os.environ.items() if k not in ("LIBTRAFFIC_ROOT", "RAY_ADDRESS")}
+    env["OMP_NUM_THREADS"] = "1"  # two processes share two cores
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(HYPER_TUNE), *BASE_ARGS, *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=300)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start, folder)
+
+
+@pytest.fixture(scope="module")
+def cli(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Start the subprocess cases the selected tests need, two at a time; returns name -> CliResult."""
+    selected = {item.originalname for item in request.session.items if item.module is request.module}
+    needed = list(dict.fromkeys(case for test, cases in USED_BY.items() if test in selected for case in cases))
+    futures: dict[str, Future] = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for name in needed:
+            args, setup = CASES[name]
+            folder = make_workdir(tmp_path_factory.mktemp(f"cli_{name}"))
+            if setup:
+                setup(folder)
+            futures[name] = pool.submit(_run_case, folder, args)
+        yield lambda name: futures[name].result()
+
+
+def assert_user_error(result: CliResult, *fragments: str) -> str:
+    """Exit code 2, one 'Error: ...' message holding every fragment, no traceback, no Ray."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("Error: ") == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, f"{fragment!r} not in: {result.stderr}"
+    assert RAY_STARTED not in result.stderr + result.stdout
+    return result.stderr
+
+
+def test_cli_missing_space_file(cli) -> None:
+    result = cli("missing_space_file")
+    assert_user_error(result, "--space_file is required", "--space_file sample_space_file")
+    assert not (result.workdir / "libtraffic" / "cache").exists()
+
+
+def test_cli_malformed_json(cli) -> None:
+    line, column = missing_comma_position()
+    result = cli("malformed_json")
+    assert_user_error(result, f"The space file {result.workdir.resolve() / 'typo.json'} is not valid JSON",
+                      "Expecting ',' delimiter", f"at line {line}, column {column}", '"hidden_size": {',
+                      "Hint: JSON needs a comma between entries")
+
+
+def test_cli_unknown_search_alg(cli) -> None:
+    assert_user_error(cli("unknown_search_alg"), "Unknown search_alg 'HyperOpts' (from --search_alg).",
+                      "Did you mean 'HyperOpt'?", "Valid values: BasicSearch, BayesOptSearch, HyperOpt.")
+
+
+def test_cli_gpu_per_trial_without_gpu_fails_fast(cli) -> None:
+    import torch
+
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a GPU, so --gpu_per_trial 1 is satisfiable")
+    result = cli("gpu_per_trial")
+    assert_user_error(result, "--gpu_per_trial 1 cannot be satisfied: this machine has 0 GPU(s)",
+                      "Use --gpu_per_trial 0")
+    assert result.seconds < 60
+    assert not (result.workdir / "libtraffic" / "cache" / "hyper_tune").exists()
+
+
+def test_cli_existing_exp_id_without_resume(cli) -> None:
+    result = cli("existing_exp_id")
+    assert_user_error(result, "Experiment taken already exists", "--resume --exp_id taken", "choose a new --exp_id")
+    folder = result.workdir / "libtraffic" / "cache" / "hyper_tune" / "taken"
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+    assert (folder / "keep.txt").read_text() == "user data"
+
+
+def sampled_lines(result: CliResult) -> list[dict[str, Any]]:
+    lines = [line.split("sampled ", 1)[1] for line in result.stdout.splitlines() if line.lstrip().startswith("[")]
+    return [ast.literal_eval(text) for text in lines]
+
+
+def test_cli_dry_run_prints_configs_without_ray(cli) -> None:
+    result = cli("dry_run_seed0")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Dry run: space file" in result.stdout and "4 trial(s) would run" in result.stdout
+    configs = sampled_lines(result)
+    assert len(configs) == 4
+    for config in configs:
+        assert set(config) == {"learning_rate", "max_epoch", "hidden_size", "dropout"}
+        assert config["learning_rate"] in (0.01, 0.005, 0.001)
+        assert config["max_epoch"] in range(2, 10)
+        assert config["hidden_size"] in (50, 100, 200, 500)
+        assert 0.1 <= config["dropout"] < 0.6
+    resolved = [line for line in result.stdout.splitlines() if line.lstrip().startswith("resolved")]
+    assert len(resolved) == 4 and all("'model': 'GRU', 'dataset': 'TINY'" in line for line in resolved)
+    assert RAY_STARTED not in result.stdout + result.stderr
+    assert not (result.workdir / "libtraffic" / "cache" / "hyper_tune").exists()
+
+
+def test_cli_dry_run_is_reproducible_per_seed(cli) -> None:
+    first, again, other = cli("dry_run_seed0"), cli("dry_run_seed0_again"), cli("dry_run_seed1")
+    assert first.returncode == again.returncode == other.returncode == 0
+    assert len(sampled_lines(first)) == 4
+    assert sampled_lines(first) == sampled_lines(again)
+    assert sampled_lines(first) != sampled_lines(other)
+
+
+# ----------------------------------------------------------------------------- in-process cases
+
+
+@pytest.fixture
+def tune_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path as the working directory, with Ray and data preparation made unreachable."""
+    monkeypatch.delenv("LIBTRAFFIC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    make_workdir(tmp_path)
+
+    def tripwire(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("validation let a bad input through to data preparation / Ray")
+
+    monkeypatch.setattr(tuning, "_run_ray", tripwire)
+    monkeypatch.setattr(tuning, "get_dataset", tripwire)
+    monkeypatch.setattr("ray.init", tripwire)
+    return tmp_path
+
+
+def tune(**kwargs: Any) -> None:
+    args: dict[str, Any] = {"task": "traffic_state_pred", "model_name": "GRU", "dataset_name": "TINY",
+                            "space_file": "sample_space_file"}
+    tuning.hyper_parameter(**(args | kwargs))
+
+
+def tune_error(tune_dir: Path, pattern: str, *fragments: str, **kwargs: Any) -> str:
+    with pytest.raises(LibTrafficError, match=pattern) as info:
+        tune(**kwargs)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in: {message}"
+    assert not (tune_dir / "libtraffic" / "log").exists(), "a failed validation still started a run log"
+    return message
+
+
+@pytest.mark.parametrize("space_file", [None, ""])
+def test_missing_space_file(tune_dir: Path, space_file: str | None) -> None:
+    tune_error(tune_dir, r"--space_file is required", "--space_file sample_space_file", space_file=space_file)
+
+
+def test_space_file_not_found(tune_dir: Path) -> None:
+    tune_error(tune_dir, r"Space file 'nope' not found", str(tune_dir / "nope.json"), str(tune_dir / "nope"),
+               "without .json", space_file="nope")
+
+
+def test_malformed_json(tune_dir: Path) -> None:
+    (tune_dir / "typo.json").write_text(tutorial_without_comma())
+    line, column = missing_comma_position()
+    tune_error(tune_dir, rf"The space file .*typo\.json is not valid JSON: Expecting ',' delimiter at line {line}, "
+               rf"column {column}", "Hint:", space_file="typo")
+
+
+@pytest.mark.parametrize(("name", "suggestion"), [("HyperOpts", "HyperOpt"), ("hyperopt", "HyperOpt"),
+                                                  ("BayesOptSearh", "BayesOptSearch"), ("Random", None)])
+def test_unknown_search_alg(tune_dir: Path, name: str, suggestion: str | None) -> None:
+    message = tune_error(tune_dir, rf"Unknown search_alg '{name}' \(from --search_alg\)\.",
+                         "Valid values: BasicSearch, BayesOptSearch, HyperOpt.", search_alg=name)
+    assert (f"Did you mean '{suggestion}'?" in message) if suggestion else ("Did you mean" not in message)
+
+
+@pytest.mark.parametrize(("name", "suggestion"), [("ASAH", "ASHA"), ("fifo", "FIFO"),
+                                                  ("MedianStopping", "MedianStoppingRule"), ("PBT", None)])
+def test_unknown_scheduler(tune_dir: Path, name: str, suggestion: str | None) -> None:
+    message = tune_error(tune_dir, rf"Unknown scheduler '{name}' \(from --scheduler\)\.",
+                         "Valid values: ASHA, FIFO, HyperBand, MedianStoppingRule.", scheduler=name)
+    assert (f"Did you mean '{suggestion}'?" in message) if suggestion else ("Did you mean" not in message)
+
+
+def test_gpu_per_trial_without_gpu(tune_dir: Path) -> None:
+    import torch
+
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a GPU")
+    tune_error(tune_dir, r"--gpu_per_trial 1 cannot be satisfied: this machine has 0 GPU\(s\), so every trial "
+               r"would wait forever\. Use --gpu_per_trial 0", gpu_per_trial=1)
+
+
+def test_negative_gpu_per_trial(tune_dir: Path) -> None:
+    tune_error(tune_dir, r"--gpu_per_trial -1 cannot be satisfied", gpu_per_trial=-1)
+
+
+def test_cpu_per_trial_beyond_the_machine(tune_dir: Path) -> None:
+    cores = os.cpu_count() or 1
+    request = max(99, cores + 1)
+    tune_error(tune_dir, rf"--cpu_per_trial {request} exceeds the {cores} CPU\(s\) of this machine; "
+               r"no trial could ever start\.", cpu_per_trial=request)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("num_samples", 0), ("num_samples", -3), ("max_concurrent", 0),
+                                             ("cpu_per_trial", 0)])
+def test_counts_must_be_positive(tune_dir: Path, flag: str, value: int) -> None:
+    tune_error(tune_dir, rf"--{flag} must be at least 1, got {value}\.", **{flag: value})
+
+
+@pytest.mark.parametrize("budget", [0, -5.0])
+def test_time_budget_must_be_positive(tune_dir: Path, budget: float) -> None:
+    tune_error(tune_dir, rf"--time_budget_s must be positive, got {budget}\.", time_budget_s=budget)
+
+
+@pytest.mark.parametrize(("key", "values"), [("model", ["GRU", "LSTM"]), ("seed", [0, 1]), ("exp_id", ["a", "b"]),
+                                             ("gpu", [True, False]), ("dataset", ["TINY"])])
+def test_space_naming_a_fixed_key(tune_dir: Path, key: str, values: list) -> None:
+    (tune_dir / "fixed.json").write_text(json.dumps({"dropout": {"type": "uniform", "lower": 0.1, "upper": 0.5},
+                                                    key: {"type": "choice", "list": values}}))
+    tune_error(tune_dir, rf"fixed\.json: '{key}' cannot be tuned; set it with --{key} instead\.",
+               str(tune_dir / "fixed.json"), space_file="fixed")
+
+
+def test_fixed_keys_cover_what_chooses_the_run() -> None:
+    assert {"task", "model", "dataset", "exp_id", "seed", "gpu", "gpu_id"} <= tuning.FIXED_KEYS
+
+
+def test_unknown_space_parameter_through_hyper_parameter(tune_dir: Path) -> None:
+    (tune_dir / "typo.json").write_text(json.dumps({"hiden_size": {"type": "choice", "list": [8, 16]}}))
+    tune_error(tune_dir, r"parameter 'hiden_size' is not a config key of GRU / TINY", "Did you mean 'hidden_size'?",
+               space_file="typo")
+
+
+def test_sample_space_with_bayesopt_is_explained(tune_dir: Path) -> None:
+    tune_error(tune_dir, r"--search_alg BayesOptSearch cannot handle 'learning_rate' \(choice\)",
+               "Use --search_alg BasicSearch or HyperOpt", search_alg="BayesOptSearch")
+
+
+def test_resume_without_exp_id(tune_dir: Path) -> None:
+    tune_error(tune_dir, r"--resume needs the --exp_id of the experiment to continue\.", resume=True)
+
+
+def test_resume_of_a_missing_experiment(tune_dir: Path) -> None:
+    tune_error(tune_dir, r"--resume: no experiment .*hyper_tune/ghost to continue; check --exp_id\.",
+               resume=True, other_args={"exp_id": "ghost"})
+    assert not (tune_dir / "libtraffic" / "cache" / "hyper_tune" / "ghost").exists()
+
+
+@pytest.mark.parametrize("existing", ["libtraffic/cache/hyper_tune/taken", "libtraffic/cache/taken"])
+def test_existing_exp_id_without_resume(tune_dir: Path, existing: str) -> None:
+    folder = tune_dir / existing
+    folder.mkdir(parents=True)
+    (folder / "keep.txt").write_text("user data")
+    tune_error(tune_dir, r"Experiment taken already exists \(.*hyper_tune/taken\)\. "
+               r"Continue it with --resume --exp_id taken, or choose a new --exp_id\.", other_args={"exp_id": "taken"})
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
