@@ -46,7 +46,7 @@ def progress_reporter(space: SearchSpace):
 
     return CLIReporter(parameter_columns=list(space.entries),
                        metric_columns={"epoch": "epoch", "loss": "loss", "best_loss": "best loss"},
-                       max_report_frequency=15, sort_by_metric=True)
+                       max_report_frequency=30, sort_by_metric=True)
 
 
 def _plain(value: Any) -> Any:
