@@ -222,6 +222,9 @@ def _ray_init(threads: int) -> None:
     kwargs = dict(runtime_env={"env_vars": env}, include_dashboard=False, logging_level=logging.WARNING,
                   log_to_driver=True, configure_logging=True)
     if not os.environ.get("RAY_ADDRESS"):
+        # A private Ray instance sized to this machine, even if another one is running here;
+        # set RAY_ADDRESS to use an existing cluster instead.
+        kwargs["address"] = "local"
         kwargs["num_cpus"] = os.cpu_count()
         kwargs["num_gpus"] = torch.cuda.device_count()
     ray.init(**kwargs)
