@@ -189,14 +189,18 @@ def test_interrupted_run_resumes_without_repeating_trials(workdir, ray_cluster):
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ray_dir = workdir / "libtraffic" / "cache" / "hyper_tune" / "resume"
     deadline = time.time() + TIMEOUT
-    first = None
-    while time.time() < deadline and first is None:  # wait until the first trial has finished
-        for trial in ray_dir.glob("train_trial_*_0_*"):
-            progress = trial / "progress.csv"
-            if progress.is_file() and len(progress.read_text().strip().splitlines()) == 3:
-                first = trial
+    first = second = None
+    # Interrupt once the second trial has reported an epoch: by then Ray has recorded the first
+    # as finished in its saved experiment state.
+    while time.time() < deadline and second is None:
+        first = next(iter(ray_dir.glob("train_trial_*_0_*")), None)
+        candidate = next(iter(ray_dir.glob("train_trial_*_1_*")), None)
+        if candidate is not None and (candidate / "progress.csv").is_file() and \
+                len((candidate / "progress.csv").read_text().strip().splitlines()) >= 2:
+            second = candidate
         time.sleep(0.5)
-    assert first is not None, "first trial never finished"
+    assert first is not None and second is not None, "the second trial never reported"
+    assert len((first / "progress.csv").read_text().strip().splitlines()) == 3
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 130, stderr[-2000:]

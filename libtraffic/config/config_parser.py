@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from libtraffic.data.synthetic import ensure_builtin_dataset
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
-from libtraffic.utils.jsonio import load_json
+from libtraffic.utils.jsonio import find_json_file, load_json
 from libtraffic.utils.registry import did_you_mean, lookup
 
 _BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -93,18 +94,6 @@ def _dataset_layer(dataset: str) -> dict:
     return layer
 
 
-def _config_file_path(name: str) -> Path:
-    """Find --config_file NAME as ./NAME.json (like LibCity), or as a path."""
-    candidates = [Path(name + ".json"), Path(name)] if not name.endswith(".json") else [Path(name)]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise LibTrafficError(
-        f"Config file '{name}' not found: looked for {', '.join(str(c.resolve()) for c in candidates)}. "
-        "Give the name of a JSON file in the working directory (without .json) or a path to it."
-    )
-
-
 def coerce_value(key: str, value: Any, default: Any, where: str) -> Any:
     """Check ``value`` against the type of ``default``; strings from the command line are parsed.
 
@@ -118,9 +107,10 @@ def coerce_value(key: str, value: Any, default: Any, where: str) -> Any:
     if default is None:
         if from_cli:
             try:
-                return int(value)
+                number = int(value)
             except ValueError:
                 return value
+            return number if str(number) == value else value  # --exp_id 007 stays '007'
         return value
     if isinstance(default, bool):
         if isinstance(value, bool):
@@ -134,10 +124,10 @@ def coerce_value(key: str, value: Any, default: Any, where: str) -> Any:
                 value = float(value) if any(c in value.lower() for c in ".en") else int(value)
             except ValueError as err:
                 raise bad from err
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             raise bad
         if isinstance(default, int):
-            if float(value) != int(value):
+            if math.isinf(value) or float(value) != int(value):
                 raise bad
             return int(value)
         return float(value)
@@ -233,7 +223,7 @@ class ConfigParser(Mapping):
         for source, layer in defaults:
             self._apply(layer, source, check=False)
         if config_file:
-            path = _config_file_path(config_file)
+            path = find_json_file(config_file, "Config file")
             data = load_json(path, "config file")
             if not isinstance(data, dict):
                 raise LibTrafficError(f"The config file {path} must hold a JSON object of config keys.")

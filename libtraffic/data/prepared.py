@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pickle
+import secrets
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -105,8 +107,8 @@ def _build(config: Mapping[str, Any], files: Mapping[str, Path], key: str) -> Pr
         logger.warning("%s: %d NaN readings treated as missing (set to 0, ignored by masked metrics).", files["dyna"].name, int(nan.sum()))
         data[nan] = 0.0
     output_dim = config["output_dim"] or data.shape[2]
-    if not 1 <= output_dim <= data.shape[2]:
-        raise LibTrafficError(f"output_dim is {output_dim} but the .dyna file has {data.shape[2]} data column(s).")
+    if isinstance(output_dim, bool) or not isinstance(output_dim, int) or not 1 <= output_dim <= data.shape[2]:
+        raise LibTrafficError(f"output_dim is {output_dim!r} but the .dyna file has {data.shape[2]} data column(s).")
     extra = []
     if config["add_time_in_day"]:
         extra.append(np.broadcast_to(time_in_day(dyna.times)[:, None, None], (len(dyna.times), data.shape[1], 1)))
@@ -146,15 +148,18 @@ def _build(config: Mapping[str, Any], files: Mapping[str, Path], key: str) -> Pr
 
 
 def _save(prepared: PreparedData, folder: Path) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # A private temporary folder renamed into place: runs preparing the same data at the same
+    # time (several run_model.py processes) never delete or mix each other's files.
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir(parents=True)
     np.save(tmp / "data.npy", prepared.data)
     np.save(tmp / "adj_mx.npy", prepared.adj_mx)
     meta = {k: v for k, v in vars(prepared).items() if k not in ("data", "adj_mx")}
     (tmp / "meta.pkl").write_bytes(pickle.dumps(meta))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    try:
+        tmp.rename(folder)  # atomic; a complete cache folder is never deleted while others read it
+    except OSError:  # another run saved the same key first; its content is the same
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load(folder: Path) -> PreparedData:

@@ -84,6 +84,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any])
         return None
     cls, table = lookup(SCHEDULERS, config["lr_scheduler"].lower(), "lr_scheduler", where="config key 'lr_scheduler'")
     kwargs = _kwargs(table, config)
+    for arg in ("step_size", "T_max"):  # torch divides by them at the first step
+        if arg in kwargs and kwargs[arg] < 1:
+            raise LibTrafficError(f"{table[arg]} must be a positive number of epochs, got {kwargs[arg]}.")
+    milestones = kwargs.get("milestones", [])
+    if not all(isinstance(m, int) and not isinstance(m, bool) for m in milestones):
+        raise LibTrafficError(f"steps must list epoch numbers (e.g. [5, 20]), got {milestones!r}.")
     if "lr_lambda" in kwargs:
         kwargs["lr_lambda"] = lr_lambda_from_text(kwargs["lr_lambda"])
     return cls(optimizer, **kwargs)

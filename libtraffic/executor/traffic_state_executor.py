@@ -6,6 +6,7 @@ reporting (Ray Tune) are hooks called at the end of each epoch. This module does
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -42,6 +43,8 @@ class TrafficStateExecutor:
         self.output_dim = data_feature["output_dim"]
         self.exp_id = config["exp_id"]
         self.max_epoch = config["max_epoch"]
+        if config["log_every"] < 1:
+            raise LibTrafficError(f"log_every must be a positive integer (log every N epochs), got {config['log_every']}.")
         self.optimizer = build_optimizer(self.model, config)
         self.lr_scheduler = build_scheduler(self.optimizer, config)
         self.loss_fn = None if config["train_loss"] == "none" else losses.get_train_loss(config["train_loss"])
@@ -91,7 +94,15 @@ class TrafficStateExecutor:
         if not path.is_file():
             raise LibTrafficError(f"Model file {path} does not exist; train first (--train true) or check --exp_id.")
         state = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model_state_dict"])
+        try:
+            self.model.load_state_dict(state["model_state_dict"])
+        except RuntimeError as err:  # shapes differ: the run's settings are not those of training
+            saved = state.get("config", {})
+            differ = [f"--{k} {saved[k]}" for k in sorted(saved) if k != "train" and saved[k] != self.config.get(k)]
+            raise LibTrafficError(
+                f"The model in {path} does not fit this run's settings; it was trained with "
+                f"{' '.join(differ) or 'other settings'}. Evaluate it with the settings it was trained with."
+            ) from err
         self.logger.info("Loaded model from %s", path)
         return state
 
@@ -142,7 +153,8 @@ class TrafficStateExecutor:
         if self.config["epoch"] > 0 and self.start_epoch == 0:
             self.load_state(torch.load(self._existing_epoch_file(self.config["epoch"]), map_location=self.device, weights_only=False))
             self.logger.info("Resuming training after epoch %d", self.config["epoch"])
-        hooks = [self._track_best, self._step_lr, self._log_epoch, self._save_epoch_files, *hooks]
+        # The LR steps first, so the best checkpoint holds the scheduler state after its epoch, as the epoch file does.
+        hooks = [self._step_lr, self._track_best, self._log_epoch, self._save_epoch_files, *hooks]
         self.stop, self.wait = False, 0
         for epoch in range(self.start_epoch, self.max_epoch):
             start = time.perf_counter()
@@ -174,8 +186,8 @@ class TrafficStateExecutor:
     def _track_best(self, epoch: int, metrics: dict[str, float]) -> None:
         if metrics["loss"] < self.best_val_loss:
             self.best_val_loss, self.best_epoch = metrics["loss"], epoch
-            self.best_state = {k: v for k, v in self.state(epoch).items()}
-            self.best_state["model_state_dict"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            # A deep copy: state() shares the live weights and optimiser moments, which later epochs change.
+            self.best_state = copy.deepcopy(self.state(epoch))
             self.wait = 0
         else:
             self.wait += 1

@@ -6,7 +6,8 @@ tensor and is differentiable, so the same function serves as a training loss and
 
 Masking follows LibCity: with ``null_val=nan`` only NaN labels are ignored (so data without
 NaNs gives the plain metric); with ``null_val=0`` zero labels (missing sensor readings) are
-ignored exactly, i.e. the result is the plain metric over the non-zero labels.
+ignored exactly, i.e. the result is the plain metric over the non-zero labels. "Zero" means
+closer than NULL_TOLERANCE (1e-4): a zero that went through the scaler and back is not exactly 0.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from libtraffic.utils.registry import lookup
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
+#: Labels closer than this to a non-NaN ``null_val`` are ignored by the masked functions.
+NULL_TOLERANCE = 1e-4
+
 
 def _masked_mean(
     error: Callable[[Tensor, Tensor], Tensor], preds: Tensor, labels: Tensor, null_val: float
@@ -33,7 +37,9 @@ def _masked_mean(
     over the kept ones; if nothing is kept the result is 0, not NaN. Remaining NaN products
     (e.g. a NaN label that is not the null value) count as 0, as in LibCity.
     """
-    keep = ~torch.isnan(labels) if math.isnan(null_val) else labels != null_val
+    # A zero reading comes back from the scaler's float32 round trip a few 1e-6 off zero, so
+    # labels within NULL_TOLERANCE of null_val count as null (LibCity zeroes |label| < 1e-4).
+    keep = ~torch.isnan(labels) if math.isnan(null_val) else ~(torch.abs(labels - null_val) < NULL_TOLERANCE)
     # Ignored entries are swapped for a harmless constant before the error is taken: a
     # where() after the fact would still let a NaN/inf local gradient poison backward.
     drop = ~keep | torch.isnan(labels)

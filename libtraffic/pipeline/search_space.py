@@ -21,7 +21,7 @@ from ray import tune
 
 from libtraffic.config.config_parser import ConfigParser, coerce_value
 from libtraffic.utils.errors import LibTrafficError
-from libtraffic.utils.jsonio import load_json
+from libtraffic.utils.jsonio import find_json_file, load_json
 from libtraffic.utils.registry import did_you_mean
 
 
@@ -112,15 +112,7 @@ def _plain(value: Any) -> Any:
 
 def find_space_file(name: str) -> Path:
     """--space_file NAME is ./NAME.json like LibCity; a path to a .json file works too."""
-    candidates = [Path(name)] if name.endswith(".json") else [Path(name + ".json"), Path(name)]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise LibTrafficError(
-        f"Space file '{name}' not found: looked for {', '.join(str(c.resolve()) for c in candidates)}. "
-        "Give the file name without .json (found in the working directory) or a path; "
-        "see sample_space_file.json for the format."
-    )
+    return find_json_file(name, "Space file", " See sample_space_file.json for the format.")
 
 
 def _number(path: Path, param: str, entry: dict, key: str) -> float:

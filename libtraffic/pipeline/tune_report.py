@@ -67,6 +67,8 @@ def collect_records(results) -> list[TrialRecord]:
     for result in results:
         df = result.metrics_dataframe
         has_rows = df is not None and len(df) and "loss" in df
+        if has_rows:  # a resumed trial may repeat the epochs after its checkpoint: keep the last run
+            df = df.drop_duplicates(subset="epoch", keep="last").sort_values("epoch")
         losses = [float(x) for x in df["loss"]] if has_rows else []
         trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name)
         best_i = min(range(len(losses)), key=losses.__getitem__) if losses else None

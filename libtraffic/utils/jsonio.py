@@ -34,6 +34,21 @@ def load_json(path: Path, what: str) -> Any:
         ) from err
 
 
+def find_json_file(name: str, what: str, hint: str = "") -> Path:
+    """Find a file named on the command line as ./NAME.json (like LibCity) or as a path.
+
+    ``what`` names it in the error ("Config file"); ``hint`` is appended to the message.
+    """
+    candidates = [Path(name)] if name.endswith(".json") else [Path(name + ".json"), Path(name)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise LibTrafficError(
+        f"{what} '{name}' not found: looked for {', '.join(str(c.resolve()) for c in candidates)}. "
+        f"Give the file name without .json (found in the working directory) or a path to it.{hint}"
+    )
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically (temp file + rename)."""
     path = Path(path)

@@ -1,0 +1,283 @@
+"""TrafficStateExecutor: training, optimisers, LR schedulers, losses, early stopping, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from libtraffic.config import ConfigParser
+from libtraffic.data import get_dataset
+from libtraffic.data.synthetic import generate_speeds
+from libtraffic.executor import get_executor
+from libtraffic.executor.optim import lr_lambda_from_text
+from libtraffic.model import get_model
+from libtraffic.model.loss import TRAIN_LOSSES
+from libtraffic.utils import paths
+from libtraffic.utils.errors import LibTrafficError
+
+SMALL = {"input_window": 6, "output_window": 3, "hidden_size": 16, "max_epoch": 2, "exp_id": "ex", "log_level": "WARNING"}
+
+
+def build(dataset: str, **overrides):
+    """(executor, (train, valid, test) loaders) for the GRU on ``dataset``."""
+    config = ConfigParser("traffic_state_pred", "GRU", dataset, other_args={**SMALL, **overrides})
+    torch.manual_seed(config["seed"])
+    data = get_dataset(config)
+    loaders = data.get_data()
+    feature = data.get_data_feature()
+    return get_executor(config, get_model(config, feature), feature), loaders
+
+
+def params(executor) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in executor.model.state_dict().items()}
+
+
+def test_training_lowers_validation_loss(tiny_dataset: str) -> None:
+    executor, (train, valid, _) = build(tiny_dataset, max_epoch=3)
+    before = executor._valid_epoch(valid)
+    best = executor.train(train, valid)
+    assert [h["epoch"] for h in executor.history] == [0, 1, 2]
+    assert best == min(h["loss"] for h in executor.history)
+    assert best < 0.6 * before
+    assert executor.history[-1]["train_loss"] < executor.history[0]["train_loss"]
+    # load_best_epoch: the model now holds the best epoch's weights.
+    assert executor._valid_epoch(valid) == pytest.approx(best, rel=1e-6)
+
+
+@pytest.mark.parametrize("learner, cls, group", [
+    ("adam", torch.optim.Adam, {"betas": (0.8, 0.999), "eps": 1e-8, "weight_decay": 0.001}),
+    ("sgd", torch.optim.SGD, {"momentum": 0.5, "weight_decay": 0.001}),
+    ("adagrad", torch.optim.Adagrad, {"eps": 1e-8, "weight_decay": 0.001}),
+    ("rmsprop", torch.optim.RMSprop, {"alpha": 0.9, "momentum": 0.5, "eps": 1e-8}),
+])
+def test_learners(tiny_dataset: str, learner: str, cls: type, group: dict) -> None:
+    executor, (train, valid, _) = build(tiny_dataset, learner=learner, learning_rate=0.005, lr_beta1=0.8,
+                                        lr_momentum=0.5, lr_alpha=0.9, weight_decay=0.001)
+    assert type(executor.optimizer) is cls
+    settings = executor.optimizer.param_groups[0]
+    assert settings["lr"] == 0.005
+    for key, value in group.items():
+        assert settings[key] == value, key
+    start = params(executor)
+    executor.train(train, valid)
+    assert len(executor.history) == 2 and all(math.isfinite(h["loss"]) for h in executor.history)
+    assert any(not torch.equal(start[k], v) for k, v in params(executor).items())
+
+
+def test_bad_learners(tiny_dataset: str) -> None:
+    with pytest.raises(LibTrafficError, match="learner 'sparse_adam' needs sparse gradients"):
+        build(tiny_dataset, learner="sparse_adam")
+    with pytest.raises(LibTrafficError, match=r"Unknown learner 'adma' \(from config key 'learner'\)\. Did you mean 'adam'\?"):
+        build(tiny_dataset, learner="adma")
+
+
+LR0 = 0.01
+
+
+@pytest.mark.parametrize("scheduler, settings, lrs", [
+    ("multisteplr", {"steps": [1], "lr_decay_ratio": 0.1}, [LR0, LR0 * 0.1, LR0 * 0.1]),
+    ("steplr", {"step_size": 1, "lr_decay_ratio": 0.5}, [LR0, LR0 * 0.5, LR0 * 0.25]),
+    ("exponentiallr", {"lr_decay_ratio": 0.5}, [LR0, LR0 * 0.5, LR0 * 0.25]),
+    ("cosineannealinglr", {"lr_T_max": 4, "lr_eta_min": 0.001},
+     [LR0, 0.001 + (LR0 - 0.001) * (1 + math.cos(math.pi / 4)) / 2, 0.001 + (LR0 - 0.001) / 2]),
+    ("lambdalr", {"lr_lambda": "0.5 ** epoch"}, [LR0, LR0 * 0.5, LR0 * 0.25]),
+    ("lambdalr", {"lr_lambda": "1 / (epoch + 1)"}, [LR0, LR0 / 2, LR0 / 3]),
+    # threshold 10: no loss counts as an improvement, so with patience 0 every epoch cuts the LR.
+    ("reducelronplateau", {"lr_patience": 0, "lr_threshold": 10.0, "lr_decay_ratio": 0.5}, [LR0, LR0 * 0.5, LR0 * 0.25]),
+])
+def test_lr_schedulers(tiny_dataset: str, scheduler: str, settings: dict, lrs: list[float]) -> None:
+    executor, (train, valid, _) = build(tiny_dataset, lr_decay=True, lr_scheduler=scheduler, learning_rate=LR0, **settings)
+    executor.train(train, valid)
+    assert [h["lr"] for h in executor.history] == pytest.approx(lrs[:2], rel=1e-9)
+    assert executor.optimizer.param_groups[0]["lr"] == pytest.approx(lrs[2], rel=1e-9)
+
+
+def test_no_scheduler_without_lr_decay(tiny_dataset: str) -> None:
+    executor, _ = build(tiny_dataset, lr_scheduler="steplr", lr_decay=False)
+    assert executor.lr_scheduler is None
+
+
+def test_bad_schedulers(tiny_dataset: str) -> None:
+    with pytest.raises(LibTrafficError, match=r"Unknown lr_scheduler 'steplrr'.*Did you mean 'steplr'\?"):
+        build(tiny_dataset, lr_decay=True, lr_scheduler="steplrr")
+    with pytest.raises(LibTrafficError, match="only numbers, 'epoch'"):
+        build(tiny_dataset, lr_decay=True, lr_scheduler="lambdalr", lr_lambda="__import__('os').getcwd()")
+    with pytest.raises(LibTrafficError, match=r"step_size must be a positive number of epochs, got 0"):
+        build(tiny_dataset, lr_decay=True, lr_scheduler="steplr", step_size=0)
+    with pytest.raises(LibTrafficError, match=r"lr_T_max must be a positive number of epochs, got 0"):
+        build(tiny_dataset, lr_decay=True, lr_scheduler="cosineannealinglr", lr_T_max=0)
+    with pytest.raises(LibTrafficError, match=r"steps must list epoch numbers \(e\.g\. \[5, 20\]\), got \['a', 'b'\]"):
+        build(tiny_dataset, lr_decay=True, lr_scheduler="multisteplr", steps="a,b")
+    with pytest.raises(LibTrafficError, match="is not an expression of epoch"):
+        lr_lambda_from_text("0.5 **")
+    assert lr_lambda_from_text("max(0.1, 1 - epoch / 10)")(5) == 0.5
+
+
+@pytest.mark.parametrize("name", ["none", *TRAIN_LOSSES])
+def test_each_train_loss_trains(tiny_dataset: str, name: str) -> None:
+    executor, (train, valid, _) = build(tiny_dataset, train_loss=name, max_epoch=1)
+    start = params(executor)
+    executor.train(train, valid)
+    assert math.isfinite(executor.history[0]["train_loss"]) and math.isfinite(executor.history[0]["loss"])
+    assert any(not torch.equal(start[k], v) for k, v in params(executor).items())
+
+
+def _masked(fn):
+    # A zero reading comes back from the scaler's round trip a few 1e-6 off zero.
+    return lambda p, y: fn(p[np.abs(y) > 1e-3], y[np.abs(y) > 1e-3])
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("mae", lambda p, y: np.mean(np.abs(p - y))),
+    ("mse", lambda p, y: np.mean((p - y) ** 2)),
+    ("rmse", lambda p, y: np.sqrt(np.mean((p - y) ** 2))),
+    ("masked_mae", _masked(lambda p, y: np.mean(np.abs(p - y)))),
+    ("masked_mape", _masked(lambda p, y: np.mean(np.abs(p - y) / np.abs(y)))),
+    ("none", _masked(lambda p, y: np.mean(np.abs(p - y)))),
+])
+def test_train_loss_is_computed_in_original_units(tiny_dataset: str, name: str, reference) -> None:
+    executor, (_, _, test) = build(tiny_dataset, train_loss=name)
+    executor.model.eval()
+    batch = next(iter(test))
+    scaler = executor.scaler
+    with torch.no_grad():
+        loss = float(executor._batch_loss(batch))
+        pred = scaler.inverse_transform(executor.model.predict(batch)).numpy()
+    truth = scaler.inverse_transform(batch["y"]).numpy()
+    assert (np.abs(truth) < 1e-3).sum() > 0  # the synthetic data has missing readings: masking matters
+    assert loss == pytest.approx(float(reference(pred.astype(np.float64), truth.astype(np.float64))), rel=1e-4)
+
+
+def test_unknown_train_loss(tiny_dataset: str) -> None:
+    with pytest.raises(LibTrafficError, match=r"Unknown train_loss 'maskedmae'.*Did you mean 'masked_mae'\?"):
+        build(tiny_dataset, train_loss="maskedmae")
+
+
+def test_gradient_clipping(tiny_dataset: str) -> None:
+    for clip, check in ((True, lambda d: d <= 1e-3 * (1 + 1e-4)), (False, lambda d: d > 1e-2)):
+        executor, (train, _, _) = build(tiny_dataset, learner="sgd", learning_rate=1.0, clip_grad_norm=clip,
+                                        max_grad_norm=1e-3)
+        start = params(executor)
+        executor._train_epoch([next(iter(train))])
+        delta = torch.cat([(v - start[k]).reshape(-1) for k, v in params(executor).items()]).norm()
+        assert check(float(delta)), (clip, float(delta))
+
+
+def test_early_stopping(tiny_dataset: str, caplog: pytest.LogCaptureFixture) -> None:
+    # A learning rate of 0 keeps the validation loss constant: never an improvement after epoch 0.
+    executor, (train, valid, _) = build(tiny_dataset, learning_rate=0.0, use_early_stop=True, patience=2, max_epoch=10)
+    executor.train(train, valid)
+    assert [h["epoch"] for h in executor.history] == [0, 1, 2]
+    assert executor.best_epoch == 0
+    assert "Early stopping at epoch 2 (no improvement for 2 epochs)" in caplog.text
+    # The stopping epoch is checkpointed so training can resume from it.
+    assert executor.epoch_file(2).is_file()
+
+
+CHECKPOINT_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch", "best_val_loss",
+                   "best_epoch", "history", "config"}
+
+
+def test_checkpoint_dict_and_load_state(tiny_dataset: str) -> None:
+    executor, (train, valid, _) = build(tiny_dataset, lr_decay=True, lr_scheduler="steplr", step_size=1,
+                                        lr_decay_ratio=0.5, load_best_epoch=False)
+    executor.train(train, valid)
+    saved = torch.load(executor.epoch_file(1), weights_only=False)
+    assert set(saved) == CHECKPOINT_KEYS
+    assert saved["epoch"] == 1 and saved["best_epoch"] == executor.best_epoch
+    assert saved["best_val_loss"] == executor.best_val_loss
+    assert saved["config"]["hidden_size"] == 16 and saved["config"]["dataset"] == tiny_dataset
+    assert saved["scheduler_state_dict"]["last_epoch"] == 2
+    assert [h["epoch"] for h in saved["history"]] == [0, 1]
+    for key, value in params(executor).items():
+        assert torch.equal(saved["model_state_dict"][key], value), key
+
+    fresh, _ = build(tiny_dataset, lr_decay=True, lr_scheduler="steplr", step_size=1, lr_decay_ratio=0.5,
+                     max_epoch=3, exp_id="ex2")
+    fresh.load_state(saved)
+    assert fresh.start_epoch == 2
+    assert fresh.optimizer.param_groups[0]["lr"] == pytest.approx(0.0025)
+    moments = fresh.optimizer.state_dict()["state"]
+    for index, state in executor.optimizer.state_dict()["state"].items():
+        assert torch.equal(moments[index]["exp_avg"], state["exp_avg"])
+    for key, value in params(executor).items():
+        assert torch.equal(fresh.model.state_dict()[key], value), key
+    fresh.train(train, valid)
+    assert [h["epoch"] for h in fresh.history] == [0, 1, 2]
+    assert fresh.history[2]["lr"] == pytest.approx(0.0025)
+
+
+def test_best_state_keeps_its_own_optimizer_state(tiny_dataset: str) -> None:
+    executor, (train, valid, _) = build(tiny_dataset)
+    executor._train_epoch(train)
+    executor.wait = 0
+    executor._track_best(0, {"loss": 1.0})
+    snapshot = copy.deepcopy(executor.optimizer.state_dict()["state"])
+    executor._train_epoch(train)  # a later, worse epoch: the best checkpoint must not change
+    best = executor.best_state["optimizer_state_dict"]["state"]
+    for index, state in snapshot.items():
+        assert torch.equal(best[index]["exp_avg"], state["exp_avg"]), index
+        assert torch.equal(best[index]["step"], state["step"]), index
+
+
+def test_resume_from_epoch_file(tiny_dataset: str, caplog: pytest.LogCaptureFixture) -> None:
+    first, (train, valid, _) = build(tiny_dataset, exp_id="res")
+    first.train(train, valid)
+    saved = torch.load(first.epoch_file(1), weights_only=False)
+    resumed, (train, valid, _) = build(tiny_dataset, exp_id="res", epoch=1, max_epoch=3)
+    with caplog.at_level(logging.INFO, logger="libtraffic"):
+        resumed.train(train, valid)
+    assert "Resuming training after epoch 1" in caplog.text
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    assert resumed.history[:2] == saved["history"]
+    assert resumed.epoch_file(2).is_file()
+    missing, (train, valid, _) = build(tiny_dataset, exp_id="res", epoch=7, max_epoch=9)
+    with pytest.raises(LibTrafficError, match=r"epoch 7: no checkpoint .*GRU_TINY_epoch7\.tar"):
+        missing.train(train, valid)
+
+
+def test_evaluate_saves_predictions_and_metrics(tiny_dataset: str) -> None:
+    executor, (train, valid, test) = build(tiny_dataset, max_epoch=1, save_mode=["csv", "json"])
+    executor.train(train, valid)
+    result = executor.evaluate(test)
+    folder = paths.evaluate_cache_dir("ex")
+    npz = np.load(next(folder.glob("*_GRU_TINY_predictions.npz")))
+    num_train, num_val, num_test = get_dataset(executor.config).prepare().split
+    assert npz["prediction"].shape == npz["truth"].shape == (num_test, 3, 6, 1)
+    # The truth is the raw readings (zeros = missing), up to float32 scaler round-off.
+    speeds = generate_speeds(6, 3, seed=1).speeds.astype(np.float64)
+    starts = np.arange(num_train + num_val, num_train + num_val + num_test)
+    raw = speeds[starts[:, None] + 6 + np.arange(3)][..., None]
+    assert (raw == 0).sum() > 0
+    np.testing.assert_allclose(npz["truth"], raw, rtol=0, atol=1e-4)
+    pred = npz["prediction"].astype(np.float64)
+    for h in range(3):
+        t, p = raw[:, h], pred[:, h]
+        assert result[f"masked_MAE@{h + 1}"] == pytest.approx(np.abs(p - t)[t != 0].mean(), rel=1e-5)
+        assert result[f"masked_RMSE@{h + 1}"] == pytest.approx(np.sqrt(((p - t)[t != 0] ** 2).mean()), rel=1e-5)
+        assert result[f"MAE@{h + 1}"] == pytest.approx(np.abs(p - t).mean(), rel=1e-5)
+    table = pd.read_csv(next(folder.glob("*_GRU_TINY.csv")), index_col=0)
+    assert list(table.index) == [1, 2, 3]
+    assert table.loc[2, "masked_MAE"] == pytest.approx(result["masked_MAE@2"], rel=1e-6)
+    assert len(list(folder.glob("*_GRU_TINY.json"))) == 1
+
+
+def test_best_checkpoint_matches_its_epoch_file(tiny_dataset: str) -> None:
+    executor, (train, valid, _) = build(tiny_dataset, lr_decay=True, lr_scheduler="steplr", step_size=1,
+                                        lr_decay_ratio=0.5, max_epoch=3)
+    executor.train(train, valid)
+    best = executor.best_state
+    saved = torch.load(executor.epoch_file(executor.best_epoch), weights_only=False)
+    assert best["epoch"] == saved["epoch"] == executor.best_epoch
+    assert best["scheduler_state_dict"]["last_epoch"] == saved["scheduler_state_dict"]["last_epoch"] == executor.best_epoch + 1
+    assert best["optimizer_state_dict"]["param_groups"][0]["lr"] == saved["optimizer_state_dict"]["param_groups"][0]["lr"]
+    for index, state in saved["optimizer_state_dict"]["state"].items():
+        assert torch.equal(best["optimizer_state_dict"]["state"][index]["exp_avg"], state["exp_avg"])
+    for key, value in saved["model_state_dict"].items():
+        assert torch.equal(best["model_state_dict"][key], value), key
