@@ -7,8 +7,9 @@ training, the true step does) and the net re-runs, output_window times.
 
 Two implementations with identical math and shared parameters (``rnn_impl``):
   'plain'  re-runs torch.nn.GRU/LSTM/RNN over each window (best on GPUs with cuDNN);
-  'fast'   computes the first layer's input projection once per distinct step and runs the
-           recurrence with light cells (see recurrence.py); 'auto' picks fast on CPU.
+  'fast'   runs all output steps' windows together, one recurrent step per distinct input step,
+           with the first layer's input projection computed once per step and a fused GRU step
+           (see recurrence.py); 'auto' picks fast on CPU.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from libtraffic.model import loss
-from libtraffic.model.recurrence import STEPS, run_direction
+from libtraffic.model.recurrence import make_runner
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.registry import lookup
 
@@ -76,10 +76,11 @@ class RNN(nn.Module):
         batch_size = x.shape[0]
         window = list(x.reshape(batch_size, self.input_window, -1).unbind(1))  # steps [B, N*F]
         fast = self.use_fast(x.device)
-        cache = self._project(torch.stack(window, 1)) if fast else None
+        runner = make_runner(self.rnn, self.rnn_type, torch.stack(window, 1), self.input_window,
+                             self.output_window) if fast else None
         outputs = []
         for i in range(self.output_window):
-            last = self._fast_last(cache, i) if fast else self._plain_last(window[i : i + self.input_window])
+            last = runner.last(i) if fast else self._plain_last(window[i : i + self.input_window])
             pred = self.fc(self.dropout(last)).reshape(batch_size, self.num_nodes, self.output_dim)
             outputs.append(pred)
             nxt = pred
@@ -90,47 +91,12 @@ class RNN(nn.Module):
             nxt = nxt.reshape(batch_size, -1)
             window.append(nxt)
             if fast and i + 1 < self.output_window:
-                for d, proj in enumerate(self._project(nxt.unsqueeze(1))):
-                    cache[d].extend(proj)
+                runner.append(nxt)
         return torch.stack(outputs, dim=1)
 
     def _plain_last(self, steps: list[Tensor]) -> Tensor:
         out, _ = self.rnn(torch.stack(steps, dim=0))
         return out[-1]
-
-    def _weights(self, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        sfx = f"_l{layer}" + ("_reverse" if direction else "")
-        r = self.rnn
-        return (getattr(r, "weight_ih" + sfx), getattr(r, "bias_ih" + sfx),
-                getattr(r, "weight_hh" + sfx), getattr(r, "bias_hh" + sfx))
-
-    def _project(self, steps: Tensor, layer: int = 0) -> list[list[Tensor]]:
-        """Input projections of ``steps`` [B, S, in] per direction: lists of S tensors [B, G*H]."""
-        result = []
-        for d in range(self.num_directions):
-            w_ih, b_ih, _, _ = self._weights(layer, d)
-            result.append(list(F.linear(steps, w_ih, b_ih).unbind(1)))
-        return result
-
-    def _fast_last(self, cache: list[list[Tensor]], start: int) -> Tensor:
-        """Last output [B, H*dirs] of the net over window steps start..start+input_window-1."""
-        step = STEPS[self.rnn_type]
-        projections = [c[start : start + self.input_window] for c in cache]
-        for layer in range(self.num_layers):
-            final = layer == self.num_layers - 1
-            per_dir = []
-            for d in range(self.num_directions):
-                _, _, w_hh, b_hh = self._weights(layer, d)
-                if final and d == 1:  # the reverse direction's last position is its first step
-                    per_dir.append([step(projections[d][-1], None, w_hh, b_hh)[0]])
-                else:
-                    per_dir.append(run_direction(step, projections[d], w_hh, b_hh, reverse=d == 1))
-            if final:
-                return torch.cat([outs[-1] for outs in per_dir], dim=-1)
-            seq = torch.cat([torch.stack(outs, 1) for outs in per_dir], dim=-1)  # [B, W, H*dirs]
-            seq = F.dropout(seq, self.rnn.dropout, self.training)
-            projections = self._project(seq, layer + 1)
-        raise AssertionError("unreachable")
 
     def predict(self, batch: Mapping[str, Tensor]) -> Tensor:
         return self.forward(batch)
