@@ -1,6 +1,7 @@
 """Tuning benchmark: hyper_tune.py on the METR_LA-sized dataset, --max_concurrent 1 vs 2.
 
-    python bench/bench_tune.py [--num_days 119] [--num_samples 4] [--repeats 2] [--keep]
+    python bench/bench_tune.py [--num_days 119] [--num_samples 4] [--repeats 2] [--keep] [--echo]
+                               [--worker_niceness N]
 
 Runs `python ../hyper_tune.py ... --space_file tune_space` as fresh subprocesses with bench/ as the
 working directory (so raw_data/ and libtraffic/cache/ resolve under bench/), a new --exp_id each run,
@@ -8,7 +9,10 @@ working directory (so raw_data/ and libtraffic/cache/ resolve under bench/), a n
 The space is the tutorial's sample_space_file.json with max_epoch fixed to 1 epoch and hidden_size
 limited to [50, 100] (500 would make one trial take many minutes on one core); it is written to
 bench/tune_space.json and printed. --num_days 119 uses bench/raw_data/METR_LA_BENCH (make it with
-bench/make_data.py); other values write a smaller METR_LA_BENCH_<days>D once (quick smoke runs).
+bench/make_data.py); other values write a smaller METR_LA_BENCH_<days>D once (quick smoke runs:
+`--num_days 7 --num_samples 2 --repeats 1`, about two minutes; they leave RESULTS.md alone). Runs use
+a private RAY_TMPDIR (so they never join a `ray start` cluster of someone else on the machine) and
+are retried once if they fail (a `ray stop` elsewhere kills every Ray process on the machine).
 
 Measured per run, from the child's timestamped output, its results JSON and a poller:
 - phases: start-up (interpreter, imports, config, cached data) until the driver logs the prepared
@@ -20,8 +24,9 @@ Measured per run, from the child's timestamped output, its results JSON and a po
   (worker/actor start, scheduling, result handling, ray.shutdown).
 - peak PSS (psutil memory_full_info().pss, so shared pages such as Ray's object store count once)
   summed over hyper_tune.py and all its descendants (GCS, raylet, Ray workers), polled every 0.5 s
-  by a thread at nice 19; the peak during the tuning loop is the figure compared (the finish phase
-  runs after Ray stopped).
+  by a thread at nice 19 (a process's PSS is re-read when its RSS moved 4 MiB, else every 2 s: the
+  read walks its page tables); the peak during the tuning loop is the figure compared (the finish
+  phase runs after Ray stopped).
 - throughput = trials per minute of tuning loop (each trial is one epoch).
 - other load = CPU used by processes outside the benchmark, in cores, averaged over the run.
 """
@@ -54,8 +59,10 @@ SPACE_FILE = BENCH_DIR / f"{SPACE_NAME}.json"
 SPACE_CHANGES = {"max_epoch": {"type": "choice", "list": [1]}, "hidden_size": {"type": "choice", "list": [50, 100]}}
 RAY_TMPDIR = Path("/tmp/bench_tune")  # short: Ray's socket paths live under it
 OUT_DIR = BENCH_DIR / "libtraffic" / "bench_tune"  # child outputs (git-ignored)
+DEFAULT_SAMPLES = 4
 TARGET_OVERHEAD_S, TARGET_MEMORY_RATIO, TARGET_THROUGHPUT_RATIO = 3.0, 1.3, 1.6
 POLL_S, POLL_NICE = 0.5, 19  # 2 Hz; the poller yields even to Ray's workers (nice 15)
+PSS_REREAD_RSS, PSS_REREAD_S = 4 * 2**20, 2.0  # PSS is re-read when RSS moved 4 MiB, else every 2 s
 PREPARED_LINE = "Prepared data once in the driver"
 STATUS_AGE = re.compile(r"\(running for (\d+):(\d+):([\d.]+)\)")
 FIT_LINE = re.compile(r"(\d+) trials in ([\d.]+) s of tuning")
@@ -124,22 +131,43 @@ def kind(proc: psutil.Process, driver: int) -> str:
     return script or (Path(args[0]).name if args else proc.name())
 
 
-def sample_tree(root: psutil.Process, cpu: dict[int, float]) -> tuple[int, dict[str, list[int]], int]:
-    """Summed PSS of root and its descendants, [PSS, count] per kind, process count; updates CPU s by pid."""
+@dataclass
+class Seen:
+    """What the poller knows of one process: its label, last PSS reading, and CPU seconds."""
+
+    label: str
+    rss: int = -1
+    pss: int = 0
+    read_at: float = 0.0
+    cpu_s: float = 0.0
+
+
+def pss_of(proc: psutil.Process, seen: Seen) -> int:
+    """PSS, re-read (a page-table walk, ~10 ms for a torch process) only when RSS moved or it is stale."""
+    rss, now = proc.memory_info().rss, time.perf_counter()
+    if abs(rss - seen.rss) >= PSS_REREAD_RSS or now - seen.read_at >= PSS_REREAD_S:
+        seen.rss, seen.pss, seen.read_at = rss, proc.memory_full_info().pss, now
+    return seen.pss
+
+
+def sample_tree(root: psutil.Process, seen: dict[int, Seen]) -> tuple[int, dict[str, list[int]], int]:
+    """Summed PSS of root and its descendants, [PSS, count] per kind, process count; updates ``seen``."""
     total, parts, count = 0, {}, 0
     for proc in [root, *root.children(recursive=True)]:
         try:
             with proc.oneshot():
-                pss = proc.memory_full_info().pss
-                label = kind(proc, root.pid)
+                if proc.pid not in seen:
+                    seen[proc.pid] = Seen(kind(proc, root.pid))
+                entry = seen[proc.pid]
+                pss = pss_of(proc, entry)
                 times = proc.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        cpu[proc.pid] = times.user + times.system
+        entry.cpu_s = times.user + times.system
         total, count = total + pss, count + 1
-        parts.setdefault(label, [0, 0])
-        parts[label][0] += pss
-        parts[label][1] += 1
+        parts.setdefault(entry.label, [0, 0])
+        parts[entry.label][0] += pss
+        parts[entry.label][1] += 1
     return total, parts, count
 
 
@@ -160,14 +188,14 @@ def read_output(proc: subprocess.Popen, run: Run, start: float, echo: bool) -> N
             print(f"    | {line}", end="", flush=True)
 
 
-def poll(proc: subprocess.Popen, run: Run, start: float, cpu: dict[int, float]) -> None:
+def poll(proc: subprocess.Popen, run: Run, start: float, seen: dict[int, Seen]) -> None:
     """Sample the tree's PSS every POLL_S until the process exits, at a lower priority than the trials."""
     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), POLL_NICE)
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         t0 = time.perf_counter()
         try:
-            total, parts, count = sample_tree(root, cpu)
+            total, parts, count = sample_tree(root, seen)
         except psutil.NoSuchProcess:
             break
         run.poll_s.append(time.perf_counter() - t0)
@@ -187,13 +215,13 @@ def execute(run: Run, echo: bool, worker_nice: int | None) -> None:
                                                                        "RAY_TMPDIR": str(RAY_TMPDIR)}
     if worker_nice is not None:  # Ray starts its workers at nice 15 unless told otherwise
         env["RAY_worker_niceness"] = str(worker_nice)
-    cpu: dict[int, float] = {}
+    seen: dict[int, Seen] = {}
     busy0, self0, load0 = busy_cpu(), sum(os.times()[:2]), os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, *run.command], cwd=BENCH_DIR, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     threads = [threading.Thread(target=read_output, args=(proc, run, start, echo), daemon=True),
-               threading.Thread(target=poll, args=(proc, run, start, cpu), daemon=True)]
+               threading.Thread(target=poll, args=(proc, run, start, seen), daemon=True)]
     for thread in threads:
         thread.start()
     run.returncode = proc.wait()
@@ -202,7 +230,7 @@ def execute(run: Run, echo: bool, worker_nice: int | None) -> None:
         thread.join()
     own = sum(os.times()[:2]) - self0
     run.bench_cores = own / run.wall_s
-    run.other_cores = max(0.0, (busy_cpu() - busy0 - sum(cpu.values()) - own) / run.wall_s)
+    run.other_cores = max(0.0, (busy_cpu() - busy0 - sum(e.cpu_s for e in seen.values()) - own) / run.wall_s)
     run.load = (load0, os.getloadavg()[0])
 
 
@@ -361,16 +389,19 @@ with bench/tune_space.json = the tutorial's sample_space_file.json with max_epoc
 limited to [50, 100] (500 would make one trial take many minutes on one core):
 `{json.dumps(space)}`. The same --seed gives the same sampled configurations at both concurrencies.
 
-Phases are read from the child's timestamped output: start-up until the driver logs the prepared data,
-Ray start-up (ray.init + Tuner set-up) until Tune's first status table (minus its 'running for' age),
-the tuning loop = fit_seconds minus Ray start-up, finish after the trial table. Overhead per trial =
-(slots x tuning loop - sum of epoch_seconds) / trials, slots = --max_concurrent; 'in' is spent inside the
-trainable but outside epochs (wall_time_s - epoch_seconds: data views, model build, checkpoints), 'out'
-outside it (worker start, scheduling, result handling, ray.shutdown). Peak PSS: summed
-memory_full_info().pss of hyper_tune.py and all its descendants (GCS, raylet, Ray workers), polled every
-{POLL_S:g} s by a thread at nice {POLL_NICE} (median poll {med(runs, 'poll_ms'):.0f} ms, the script used {med(runs, 'bench_cores'):.2f} cores); shared
-pages (Ray's object store, mapped libraries) count once. Throughput: trials (= epochs) per minute of
-tuning loop. Other load: CPU used by processes outside the benchmark during the run, in cores.
+Phases are read from the child's timestamped output: start-up until the driver logs the prepared
+data; Ray start-up (ray.init + Tuner set-up) until Tune's first status table (minus its 'running for'
+age); the tuning loop = fit_seconds minus Ray start-up; finish after the trial table. Overhead per
+trial = (slots x tuning loop - sum of epoch_seconds) / trials, slots = --max_concurrent: 'in' is spent
+inside the trainable but outside epochs (wall_time_s - epoch_seconds: data views, model build,
+checkpoints), 'out' outside it (worker start, scheduling, idle slots, ray.shutdown). Peak PSS: summed
+memory_full_info().pss of hyper_tune.py and all its descendants (GCS, raylet, Ray workers); shared
+pages (Ray's object store, mapped libraries) count once. Polled every {POLL_S:g} s by a thread at nice
+{POLL_NICE}; a process's PSS is re-read when its RSS moved {PSS_REREAD_RSS >> 20} MiB, else every {PSS_REREAD_S:g} s (median poll
+{med(runs, 'poll_ms'):.0f} ms; this script used {med(runs, 'bench_cores'):.2f} cores). Throughput: trials (= epochs) per minute of
+tuning loop; 'best possible' is the speed-up two slots would give for the conc-1 trial lengths
+started in order (the last trial leaves one slot idle). Other load: CPU used by processes outside
+the benchmark during the run, in cores.
 
 {summary(one, two)}
 
@@ -414,7 +445,7 @@ def measure(exp_id: str, concurrency: int, dataset: str, args: argparse.Namespac
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_days", type=int, default=NUM_DAYS, help=f"days of data (default {NUM_DAYS}, METR_LA)")
-    parser.add_argument("--num_samples", type=int, default=4, help="trials per run (default 4)")
+    parser.add_argument("--num_samples", type=int, default=DEFAULT_SAMPLES, help=f"trials per run (default {DEFAULT_SAMPLES})")
     parser.add_argument("--repeats", type=int, default=2, help="runs per concurrency (default 2)")
     parser.add_argument("--keep", action="store_true", help="keep the runs' experiment folders")
     parser.add_argument("--echo", action="store_true", help="show hyper_tune.py's output")
@@ -432,8 +463,15 @@ def main() -> None:
             runs.append(measure(f"bench_tune_{stamp}_c{concurrency}_r{repeat}", concurrency, dataset, args))
     body = report(runs, space, dataset, args.num_samples, args.worker_niceness)
     print(body)
-    write_section("bench_tune", "Tuning (bench/bench_tune.py)", body)
-    print(f"Wrote the Tuning section of {BENCH_DIR / 'RESULTS.md'}")
+    if dataset != DATASET:
+        print("A smaller data set: RESULTS.md is left as it is.")
+        return
+    # One section per trial count, so a longer run can stand next to the default one.
+    default = args.num_samples == DEFAULT_SAMPLES and args.worker_niceness is None
+    name = "bench_tune" if default else f"bench_tune_{args.num_samples}_{args.worker_niceness}"
+    title = "Tuning (bench/bench_tune.py)" if default else f"Tuning, variant (bench/bench_tune.py {' '.join(sys.argv[1:])})"
+    write_section(name, title, body)
+    print(f"Wrote the section '{title}' of {BENCH_DIR / 'RESULTS.md'}")
 
 
 if __name__ == "__main__":
