@@ -65,7 +65,7 @@ def dataset_config_path(dataset: str) -> Path:
         raise LibTrafficError(
             f"Dataset '{dataset}' not found: the folder {folder} does not exist.\n"
             f"Put LibCity atomic files there: {dataset}.geo, {dataset}.rel, {dataset}.dyna and config.json "
-            "(optionally {dataset}.ext). LibCity's converted datasets (METR_LA, PEMS_BAY, LOS_LOOP, ...) "
+            f"(optionally {dataset}.ext). LibCity's converted datasets (METR_LA, PEMS_BAY, LOS_LOOP, ...) "
             "load unchanged; copy their folders into ./raw_data/.\n"
             f"To try the pipeline without downloads, generate data in the same schema:\n"
             f"    python -m libtraffic.data.synthetic --dataset {dataset} --num_nodes 207 --num_days 119\n"
