@@ -85,6 +85,7 @@ class Run:
     samples: list[tuple[float, int, str]] = field(default_factory=list)  # (t, summed PSS, phase)
     peak_parts: dict[str, list[int]] = field(default_factory=dict)  # [PSS, count] by kind at the tuning peak
     peak_procs: int = 0
+    cpu_parts: dict[str, float] = field(default_factory=dict)  # CPU seconds over the run by process kind
     poll_s: list[float] = field(default_factory=list)
     other_cores: float = 0.0
     bench_cores: float = 0.0  # CPU of this script (poller, output reader)
@@ -135,7 +136,7 @@ def kind(proc: psutil.Process, driver: int) -> str:
 class Seen:
     """What the poller knows of one process: its label, last PSS reading, and CPU seconds."""
 
-    label: str
+    label: str = ""
     rss: int = -1
     pss: int = 0
     read_at: float = 0.0
@@ -156,9 +157,8 @@ def sample_tree(root: psutil.Process, seen: dict[int, Seen]) -> tuple[int, dict[
     for proc in [root, *root.children(recursive=True)]:
         try:
             with proc.oneshot():
-                if proc.pid not in seen:
-                    seen[proc.pid] = Seen(kind(proc, root.pid))
-                entry = seen[proc.pid]
+                entry = seen.setdefault(proc.pid, Seen())
+                entry.label = kind(proc, root.pid)  # Ray workers retitle themselves once started
                 pss = pss_of(proc, entry)
                 times = proc.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -231,6 +231,8 @@ def execute(run: Run, echo: bool, worker_nice: int | None) -> None:
     own = sum(os.times()[:2]) - self0
     run.bench_cores = own / run.wall_s
     run.other_cores = max(0.0, (busy_cpu() - busy0 - sum(e.cpu_s for e in seen.values()) - own) / run.wall_s)
+    for entry in seen.values():
+        run.cpu_parts[entry.label] = run.cpu_parts.get(entry.label, 0.0) + entry.cpu_s
     run.load = (load0, os.getloadavg()[0])
 
 
@@ -298,7 +300,8 @@ def gib(value: float) -> str:
 
 def run_rows(runs: list[Run]) -> str:
     header = ["conc", "exp_id", "trials", "epochs s", "start-up s", "Ray start s", "loop s", "finish s",
-              "overhead/trial s (in+out)", "trials/min", "peak PSS GiB (tuning/run)", "procs", "other load", "load avg (start/end)"]
+              "overhead/trial s (in+out)", "trials/min", "peak PSS GiB (tuning/run)", "procs", "other load",
+              "load avg (start/end)"]
     rows = []
     for run in runs:
         m = run.metrics
@@ -366,6 +369,11 @@ def trial_rows(one: list[Run], two: list[Run]) -> str:
                   "trainable s (1)", "epoch s (2)", "trainable s (2)"], rows)
 
 
+def cpu_parts(run: Run) -> str:
+    parts = sorted(run.cpu_parts.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} {seconds:.1f}" for name, seconds in parts if seconds >= 0.05)
+
+
 def peak_parts(run: Run) -> str:
     parts = sorted(run.peak_parts.items(), key=lambda kv: -kv[1][0])
     return ", ".join(f"{name}{f' x{n}' if n > 1 else ''} {pss / 2**20:.0f}" for name, (pss, n) in parts)
@@ -380,6 +388,7 @@ def report(runs: list[Run], space: dict, dataset: str, num_samples: int, worker_
     nice = ("Ray's default nice 15 for its workers (trials yield to any nice-0 process on the machine)"
             if worker_nice is None else f"RAY_worker_niceness={worker_nice} (Ray's default is 15)")
     peaks = "\n".join(f"- conc {r.concurrency} ({r.exp_id}): {peak_parts(r)}" for r in (one[0], two[0]))
+    cpus = "\n".join(f"- conc {r.concurrency} ({r.exp_id}, {r.wall_s:.0f} s): {cpu_parts(r)}" for r in (one[0], two[0]))
     return f"""GRU on {dataset} ({NUM_NODES} sensors, {days}), Ray {version("ray")}; {len(one)} run(s) per
 concurrency, alternating 1 and 2 so both see the same machine load; {nice}. Each run is a fresh process:
 
@@ -397,9 +406,9 @@ inside the trainable but outside epochs (wall_time_s - epoch_seconds: data views
 checkpoints), 'out' outside it (worker start, scheduling, idle slots, ray.shutdown). Peak PSS: summed
 memory_full_info().pss of hyper_tune.py and all its descendants (GCS, raylet, Ray workers); shared
 pages (Ray's object store, mapped libraries) count once. Polled every {POLL_S:g} s by a thread at nice
-{POLL_NICE}; a process's PSS is re-read when its RSS moved {PSS_REREAD_RSS >> 20} MiB, else every {PSS_REREAD_S:g} s (median poll
-{med(runs, 'poll_ms'):.0f} ms; this script used {med(runs, 'bench_cores'):.2f} cores). Throughput: trials (= epochs) per minute of
-tuning loop; 'best possible' is the speed-up two slots would give for the conc-1 trial lengths
+{POLL_NICE}; a process's PSS is re-read when its RSS moved {PSS_REREAD_RSS >> 20} MiB, else every {PSS_REREAD_S:g} s
+(median poll {med(runs, 'poll_ms'):.0f} ms; this script used {med(runs, 'bench_cores'):.2f} cores). Throughput: trials
+(= epochs) per minute of tuning loop; 'best possible' is the speed-up two slots would give for the conc-1 trial lengths
 started in order (the last trial leaves one slot idle). Other load: CPU used by processes outside
 the benchmark during the run, in cores.
 
@@ -415,6 +424,9 @@ Per trial (first run at each concurrency):
 
 PSS (MiB) by process at the tuning peak:
 {peaks}
+
+CPU seconds by process over the whole run:
+{cpus}
 """
 
 
@@ -445,7 +457,8 @@ def measure(exp_id: str, concurrency: int, dataset: str, args: argparse.Namespac
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_days", type=int, default=NUM_DAYS, help=f"days of data (default {NUM_DAYS}, METR_LA)")
-    parser.add_argument("--num_samples", type=int, default=DEFAULT_SAMPLES, help=f"trials per run (default {DEFAULT_SAMPLES})")
+    parser.add_argument("--num_samples", type=int, default=DEFAULT_SAMPLES,
+                        help=f"trials per run (default {DEFAULT_SAMPLES})")
     parser.add_argument("--repeats", type=int, default=2, help="runs per concurrency (default 2)")
     parser.add_argument("--keep", action="store_true", help="keep the runs' experiment folders")
     parser.add_argument("--echo", action="store_true", help="show hyper_tune.py's output")
@@ -468,8 +481,10 @@ def main() -> None:
         return
     # One section per trial count, so a longer run can stand next to the default one.
     default = args.num_samples == DEFAULT_SAMPLES and args.worker_niceness is None
-    name = "bench_tune" if default else f"bench_tune_{args.num_samples}_{args.worker_niceness}"
-    title = "Tuning (bench/bench_tune.py)" if default else f"Tuning, variant (bench/bench_tune.py {' '.join(sys.argv[1:])})"
+    nice = "" if args.worker_niceness is None else f"_nice{args.worker_niceness}"
+    name = "bench_tune" if default else f"bench_tune_{args.num_samples}{nice}"
+    variant = f"Tuning, variant (bench/bench_tune.py {' '.join(sys.argv[1:])})"
+    title = "Tuning (bench/bench_tune.py)" if default else variant
     write_section(name, title, body)
     print(f"Wrote the section '{title}' of {BENCH_DIR / 'RESULTS.md'}")
 
