@@ -29,7 +29,7 @@ LIBCITY_EPOCH_S, LIBCITY_BATCH_MS = 56.0, 168.0
 
 
 def build(impl: str, base_state: dict | None):
-    """(config, loaders, feature, executor) for ``impl``; weights copied from ``base_state``."""
+    """(training loader, executor) for ``impl``; weights copied from ``base_state`` if given."""
     from libtraffic.config import ConfigParser
     from libtraffic.data import get_dataset
     from libtraffic.executor import TrafficStateExecutor
@@ -37,14 +37,13 @@ def build(impl: str, base_state: dict | None):
 
     config = ConfigParser(TASK, MODEL, DATASET, other_args={"rnn_impl": impl, "gpu": False})
     dataset = get_dataset(config)
-    loaders = dataset.get_data()
+    train_loader = dataset.get_data()[0]
     feature = dataset.get_data_feature()
     torch.manual_seed(config["seed"])
     model = get_model(config, feature)
     if base_state is not None:
         model.load_state_dict(base_state)
-    executor = TrafficStateExecutor(config, model, feature, logging.getLogger("bench"))
-    return config, loaders, executor
+    return train_loader, TrafficStateExecutor(config, model, feature, logging.getLogger("bench"))
 
 
 def train_step(executor, batch) -> tuple[float, float]:
@@ -74,6 +73,54 @@ def agreement(executors: dict, batch) -> tuple[float, float, float]:
     return diff, preds["plain"].abs().max().item(), grad_rel
 
 
+def time_batches(executors: dict, loader, repeats: int, batches: int) -> dict[str, dict[str, list[float]]]:
+    """Per implementation: 'wall' and 'cpu' seconds of every timed batch, and each round's mean wall time."""
+    times = {impl: {"wall": [], "cpu": [], "rounds": []} for impl in executors}
+    stream = itertools.cycle(loader)
+    for r in range(repeats):
+        for impl, ex in executors.items():  # alternate, so both see the same machine load
+            ex.model.train()
+            sample = [next(stream) for _ in range(batches + 2)]
+            for batch in sample[:2]:  # warm-up
+                train_step(ex, batch)
+            wall, cpu = zip(*(train_step(ex, batch) for batch in sample[2:]))
+            times[impl]["wall"] += wall
+            times[impl]["cpu"] += cpu
+            times[impl]["rounds"].append(sum(wall) / len(wall))
+        print(f"round {r + 1}/{repeats}: " + ", ".join(f"{i} {1000 * t['rounds'][-1]:.1f} ms/batch" for i, t in times.items()),
+              flush=True)
+    return times
+
+
+def time_epochs(executors: dict, loader, epochs: int) -> tuple[dict[str, list[float]], list[str]]:
+    """Seconds of full training epochs per implementation, and a note of the load around each."""
+    seconds: dict[str, list[float]] = {impl: [] for impl in executors}
+    notes = []
+    for e in range(epochs):
+        for impl, ex in executors.items():
+            before, start = os.getloadavg()[0], time.perf_counter()
+            ex._train_epoch(loader)
+            seconds[impl].append(time.perf_counter() - start)
+            notes.append(f"{impl} {seconds[impl][-1]:.1f} s (load {before:.2f} -> {os.getloadavg()[0]:.2f})")
+        print(f"epoch {e + 1}/{epochs}: " + ", ".join(f"{i} {s[-1]:.1f} s" for i, s in seconds.items()), flush=True)
+    return seconds, notes
+
+
+def summary(times: dict, epochs: dict[str, list[float]], num_batches: int) -> str:
+    rows = []
+    for impl, t in times.items():
+        ms = 1000 * median(t["wall"])
+        extrapolated = median(t["rounds"]) * num_batches
+        epoch_s = median(epochs[impl]) if epochs[impl] else extrapolated  # judged on the measured epoch if any
+        rows.append([impl, f"{ms:.1f}", f"{1000 * median(t['cpu']):.1f}", f"{extrapolated:.1f}",
+                     f"{epoch_s:.1f}" if epochs[impl] else "-",
+                     "stretch met" if epoch_s <= STRETCH_EPOCH_S else "met" if epoch_s <= TARGET_EPOCH_S else "NO",
+                     f"{LIBCITY_BATCH_MS / ms:.2f}x", f"{LIBCITY_EPOCH_S / epoch_s:.2f}x"])
+    header = ["rnn_impl", "ms/batch (median)", "CPU ms/batch", "epoch s (extrapolated)", "epoch s (measured)",
+              f"target <= {TARGET_EPOCH_S:g} s (stretch {STRETCH_EPOCH_S:g})", "batch vs LibCity", "epoch vs LibCity"]
+    return table(header, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per implementation (default 5)")
@@ -86,65 +133,28 @@ def main() -> None:
     require_dataset()
     os.chdir(BENCH_DIR)  # raw_data/ and libtraffic/cache/ resolve under bench/
     logging.basicConfig(level=logging.WARNING)
-    built = {}
-    for impl in IMPLS:
-        built[impl] = build(impl, built["plain"][2].model.state_dict() if built else None)
-    executors = {impl: b[2] for impl, b in built.items()}
-    train_loader = built["plain"][1][0]
-    num_batches = len(train_loader)
-    first = next(iter(train_loader))
-    diff, scale, grad_rel = agreement(executors, first)
+    plain_loader, plain = build("plain", None)
+    executors = {"plain": plain, "fast": build("fast", plain.model.state_dict())[1]}
+    num_batches = len(plain_loader)
+    diff, scale, grad_rel = agreement(executors, next(iter(plain_loader)))
     print(f"fast vs plain on a training batch: max |pred diff| {diff:.2e} (pred scale {scale:.1f}), "
           f"max relative grad diff {grad_rel:.2e}")
-
-    times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
-    cpu_times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
-    round_means: dict[str, list[float]] = {impl: [] for impl in IMPLS}
-    batches = iter(itertools.cycle(train_loader))
-    for r in range(args.repeats):
-        for impl, ex in executors.items():
-            ex.model.train()
-            sample = [next(batches) for _ in range(args.batches + 2)]
-            for batch in sample[:2]:
-                train_step(ex, batch)
-            wall_cpu = [train_step(ex, batch) for batch in sample[2:]]
-            round_times = [w for w, _ in wall_cpu]
-            times[impl] += round_times
-            cpu_times[impl] += [c for _, c in wall_cpu]
-            round_means[impl].append(sum(round_times) / len(round_times))
-        print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{i} {1000 * round_means[i][-1]:.1f} ms/batch" for i in IMPLS),
-              flush=True)
-
-    epochs: dict[str, list[float]] = {impl: [] for impl in IMPLS}
-    for e in range(args.epochs):
-        for impl, ex in executors.items():
-            start = time.perf_counter()
-            ex._train_epoch(built[impl][1][0])
-            epochs[impl].append(time.perf_counter() - start)
-        print(f"epoch {e + 1}/{args.epochs}: " + ", ".join(f"{i} {epochs[i][-1]:.1f} s" for i in IMPLS), flush=True)
-
-    rows = []
-    for impl in IMPLS:
-        ms = 1000 * median(times[impl])
-        extrapolated = median(round_means[impl]) * num_batches
-        measured = median(epochs[impl]) if epochs[impl] else float("nan")
-        epoch_s = measured if epochs[impl] else extrapolated
-        rows.append([impl, f"{ms:.1f}", f"{1000 * median(cpu_times[impl]):.1f}", f"{extrapolated:.1f}", f"{measured:.1f}" if epochs[impl] else "-",
-                     "stretch met" if epoch_s <= STRETCH_EPOCH_S else "met" if epoch_s <= TARGET_EPOCH_S else "NO",
-                     f"{LIBCITY_BATCH_MS / ms:.2f}x", f"{LIBCITY_EPOCH_S / epoch_s:.2f}x"])
-    header = ["rnn_impl", "ms/batch (median)", "CPU ms/batch", "epoch s (extrapolated)", "epoch s (measured)",
-              f"target <= {TARGET_EPOCH_S:g} s (stretch {STRETCH_EPOCH_S:g})", "batch vs LibCity", "epoch vs LibCity"]
-    tab = table(header, rows)
+    times = time_batches(executors, plain_loader, args.repeats, args.batches)
+    epochs, loads = time_epochs(executors, plain_loader, args.epochs)
+    tab = summary(times, epochs, num_batches)
     print(tab)
+    rounds = "; ".join(f"{i} " + ", ".join(f"{1000 * m:.1f}" for m in t["rounds"]) for i, t in times.items())
     body = (f"Default GRU config (hidden 64, 1 layer, batch 64, Adam) on {DATASET} (207 sensors x 34272 steps): "
             f"{num_batches} training batches per epoch. ms/batch is the median over {args.repeats} rounds x "
             f"{args.batches} batches of zero_grad + forward + masked-MAE loss + backward + Adam step; "
             f"'extrapolated' = median round mean x {num_batches}; 'measured' = median of {args.epochs} full "
             "epoch(s) of the executor's training loop (data loading included); 'CPU ms/batch' is the process's "
-            "CPU time per batch (all threads), less sensitive to other load than wall time. LibCity reference: "
+            "CPU time per batch (all threads; with --threads 1 it measures the work itself whatever the other load, "
+            "with more threads OpenMP's waiting counts too). LibCity reference: "
             f"{LIBCITY_EPOCH_S:g} s/epoch, {LIBCITY_BATCH_MS:g} ms/batch.\n\n{tab}\n\n"
             f"Equivalence on a training batch (same weights): max |fast - plain| prediction {diff:.2e} "
-            f"(predictions up to {scale:.1f}); max relative gradient difference {grad_rel:.2e}.\n")
+            f"(predictions up to {scale:.1f}); max relative gradient difference {grad_rel:.2e}.\n\n"
+            f"Mean ms/batch of each round: {rounds} ms.\n" + (f"Measured epochs: {'; '.join(loads)}.\n" if loads else ""))
     write_section("bench_train", "Training epoch (bench/bench_train.py)", body)
 
 
