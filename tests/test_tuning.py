@@ -26,19 +26,51 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """One Ray head for the whole module; hyper_tune.py connects to it through RAY_ADDRESS."""
+    """One Ray head for the whole module; hyper_tune.py connects to it through RAY_ADDRESS.
+
+    The head runs in the foreground (``ray start --block``) in its own process group with its own
+    temp dir; teardown ends that group only, never another Ray on the machine (no ``ray stop``).
+    """
     temp = tmp_path_factory.mktemp("ray")
     env = {**os.environ, **RAY_ENV}
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    start = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--num-cpus", "2", "--num-gpus", "0",
-             "--include-dashboard", "false", "--disable-usage-stats", "--port", str(port)]
-    out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120, cwd=temp)
-    assert out.returncode == 0, out.stdout + out.stderr
-    yield f"127.0.0.1:{port}"
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], env=env,
-                   capture_output=True, timeout=120)
+    start = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus", "2",
+             "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats", "--port", str(port),
+             "--temp-dir", str(temp)]
+    log = open(temp / "head.log", "w")
+    head = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=temp, start_new_session=True)
+    try:
+        _wait_for_port(port, head, temp / "head.log")
+        yield f"127.0.0.1:{port}"
+    finally:
+        _end_group(head)
+        log.close()
+
+
+def _wait_for_port(port: int, head: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert head.poll() is None, log.read_text()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"Ray head did not open port {port}: {log.read_text()}")
+
+
+def _end_group(head: subprocess.Popen) -> None:
+    """SIGTERM to the head's process group (ray start --block then ends what it started)."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
