@@ -16,7 +16,8 @@ Any other config key can be fixed as --key value (e.g. --input_window 6)."""
 def main() -> None:
     parser = base_parser("Tune hyperparameters of a traffic state prediction model with Ray Tune.", EPILOG)
     parser.add_argument("--space_file", type=str, default=None,
-                        help="search space JSON: NAME (./NAME.json) or a path (required)")
+                        help="search space JSON: NAME (./NAME.json) or a path (default hyper_example, as LibCity: "
+                             "learning_rate in 0.01 / 0.005 / 0.001)")
     parser.add_argument("--scheduler", type=str, default="FIFO", help="FIFO, ASHA, MedianStoppingRule or HyperBand")
     parser.add_argument("--search_alg", type=str, default="BasicSearch", help="BasicSearch, HyperOpt or BayesOptSearch")
     parser.add_argument("--num_samples", type=int, default=5, help="number of sampled trials (times each grid point)")

@@ -215,11 +215,6 @@ def test_output_dim_of_the_wrong_type(workdir: Path) -> None:
     fails("ANYDIM", r"output_dim is 'abc' but the \.dyna file has 1 data column", output_dim="abc")
 
 
-def test_load_external_without_ext_file(workdir: Path) -> None:
-    write_dataset(workdir / "raw_data", "OK", VALUES)
-    fails("OK", r"load_external is true but .*raw_data/OK/OK\.ext does not exist", load_external=True)
-
-
 @pytest.mark.parametrize("overrides, match", [
     ({"scaler": "standart"}, r"Unknown scaler 'standart' \(from config key 'scaler'\)\. Did you mean 'standard'\?"),
     ({"train_rate": 0.95, "eval_rate": 0.1}, r"train_rate \(0\.95\) and eval_rate \(0\.1\) must be in \(0, 1\)"),

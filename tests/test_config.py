@@ -30,12 +30,12 @@ def test_shipped_layers_override_dataset_config(dataset: str) -> None:
     config = ConfigParser(TASK, "GRU", dataset)
     assert config["batch_size"] == 64
     assert config.sources["batch_size"] == "data/TrafficStatePointDataset.json"
-    assert config["scaler"] == "standard"  # GRU.json beats TrafficStatePointDataset.json's "none"
-    assert config.sources["scaler"] == "model/traffic_state_pred/GRU.json"
+    assert config["scaler"] == "standard"  # RNN.json beats TrafficStatePointDataset.json's "none"
+    assert config.sources["scaler"] == "model/traffic_state_pred/RNN.json"
     assert config["evaluator_mode"] == "single"
     assert config.sources["evaluator_mode"] == "evaluator/TrafficStateEvaluator.json"
     assert config["max_epoch"] == 100
-    assert config.sources["max_epoch"] == "model/traffic_state_pred/GRU.json"
+    assert config.sources["max_epoch"] == "model/traffic_state_pred/RNN.json"
     assert config["my_key"] == 5
     assert config.sources["my_key"] == f"raw_data/{dataset}/config.json"
     assert config["set_weight_link_or_dist"] == "dist"  # info block, above dataset_info.json's "link"
@@ -69,7 +69,7 @@ LADDER = [
     ("evaluator", 2, "evaluator/TrafficStateEvaluator.json"),
     ("executor", 3, "executor/TrafficStateExecutor.json"),
     ("data", 4, "data/TrafficStatePointDataset.json"),
-    ("model", 5, "model/traffic_state_pred/GRU.json"),
+    ("model", 5, "model/traffic_state_pred/RNN.json"),
     ("config_file", 6, "config file probe.json"),
     ("cli", 7, "command line"),
 ]
@@ -96,7 +96,7 @@ def test_precedence_ladder(top: int, config_copy: Path, make_dataset, workdir: P
         "evaluator": config_copy / "evaluator" / "TrafficStateEvaluator.json",
         "executor": config_copy / "executor" / "TrafficStateExecutor.json",
         "data": config_copy / "data" / "TrafficStatePointDataset.json",
-        "model": config_copy / "model" / TASK / "GRU.json",
+        "model": config_copy / "model" / TASK / "RNN.json",
     }
     make_dataset("LADDER", hand_values(), info={"probe": 1})
     config_file, cli = None, None

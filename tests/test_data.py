@@ -33,7 +33,9 @@ VALUES = hand_values(T, N)
 
 
 def make_config(name: str, **overrides) -> ConfigParser:
-    args = {"input_window": IN, "output_window": OUT, "batch_size": BATCH, "scaler": "none", **overrides}
+    """Plain readings (no time features) unless a test asks for them."""
+    args = {"input_window": IN, "output_window": OUT, "batch_size": BATCH, "scaler": "none", "load_external": False,
+            "add_time_in_day": False, **overrides}
     return ConfigParser("traffic_state_pred", "GRU", name, other_args=args)
 
 
@@ -162,7 +164,7 @@ def test_scaler_formulas() -> None:
     np.testing.assert_allclose(get_scaler("normal").fit(fit).transform(x), [0.2, 1.0, 0.6])
     np.testing.assert_allclose(get_scaler("minmax01").fit(fit).transform(x), [0.0, 1.0, 0.5])
     np.testing.assert_allclose(get_scaler("minmax11").fit(fit).transform(x), [-1.0, 1.0, 0.0])
-    np.testing.assert_allclose(get_scaler("log").fit(fit).transform(x), np.log(x + 1e-4))
+    np.testing.assert_allclose(get_scaler("log").fit(fit).transform(x), np.log(x + 0.999))  # LibCity's eps
     np.testing.assert_allclose(get_scaler("standard").fit(fit).transform(x), (x - 16 / 3) / np.std([2.0, 4.0, 10.0]))
     np.testing.assert_array_equal(get_scaler("none").fit(fit).transform(x), x)
     with pytest.raises(LibTrafficError, match=r"Unknown scaler 'standart' \(from config key 'scaler'\)\. Did you mean 'standard'\?"):
@@ -175,7 +177,8 @@ def test_scaler_formulas() -> None:
 def test_time_in_day_and_day_in_week(make_dataset) -> None:
     start = np.datetime64("2012-03-04T23:50:00", "s")  # a Sunday, 10 minutes before Monday
     make_dataset("TIMES", VALUES, start=start)
-    prepared = get_dataset(make_config("TIMES", scaler="standard", add_time_in_day=True, add_day_in_week=True)).prepare()
+    prepared = get_dataset(make_config("TIMES", scaler="standard", load_external=True, add_time_in_day=True,
+                                       add_day_in_week=True)).prepare()
     assert prepared.data.shape == (T, N, 9) and prepared.output_dim == 1 and prepared.ext_dim == 8
     seconds = (23 * 3600 + 50 * 60 + 300 * np.arange(T)) % 86400
     assert seconds[2] == 0
@@ -224,7 +227,7 @@ def test_nan_readings_become_zero_with_a_count(make_dataset, caplog: pytest.LogC
     make_dataset("NANS", values)
     with caplog.at_level(logging.WARNING, logger="libtraffic"):
         prepared = get_dataset(make_config("NANS")).prepare()
-    assert "NANS.dyna: 2 NaN readings treated as missing" in caplog.text
+    assert "NANS.dyna: 2 NaN and 0 infinite (or beyond float32's range) readings treated as missing" in caplog.text
     expected = VALUES.copy()
     expected[4, 1] = expected[17, 2] = 0
     np.testing.assert_array_equal(prepared.data[..., 0], expected)
@@ -306,7 +309,7 @@ def test_cache_is_reused(hand: str, monkeypatch: pytest.MonkeyPatch, caplog: pyt
     monkeypatch.setattr(prepared_module, "_build", no_build)
     with caplog.at_level(logging.INFO, logger="libtraffic"):
         second = prepare_data(make_config(hand, scaler="standard", batch_size=2, learning_rate=0.5))
-    assert "Loading prepared data from cache" in caplog.text
+    assert "Loaded prepared data from cache" in caplog.text
     np.testing.assert_array_equal(second.data, first.data)
     np.testing.assert_array_equal(second.adj_mx, first.adj_mx)
     assert (second.scaler.mean, second.scaler.std, second.split) == (first.scaler.mean, first.scaler.std, first.split)

@@ -33,6 +33,8 @@ def _config(**overrides):
         "model": "GRU",
         "dataset": "TOY",
         "evaluator": "TrafficStateEvaluator",
+        "eval_mask_val": None,
+        "mask_val": None,
     }
     config.update(overrides)
     return config
@@ -163,3 +165,21 @@ def test_get_evaluator_by_name():
     assert isinstance(get_evaluator(_config()), TrafficStateEvaluator)
     with pytest.raises(LibTrafficError, match="--evaluator"):
         get_evaluator(_config(evaluator="TrafficStateEvaluater"))
+
+
+@pytest.mark.parametrize("key", ["eval_mask_val", "mask_val"])
+def test_mask_val_drops_low_labels_from_masked_mae_and_mape_only(key):
+    y_true, y_pred = _data(seed=7)
+    ev = TrafficStateEvaluator(_config(**{key: 30.0}))
+    ev.collect({"y_true": torch.from_numpy(y_true), "y_pred": torch.from_numpy(y_pred)})
+    result = ev.evaluate()
+    for i in range(1, OUT + 1):
+        t, p = y_true[:, i - 1], y_pred[:, i - 1]
+        keep = t >= 30.0
+        assert result[f"masked_MAPE@{i}"] == pytest.approx(np.mean(np.abs(p - t)[keep] / t[keep]), rel=1e-5)
+        assert result[f"MAE@{i}"] == pytest.approx(REFS["MAE"](p, t), rel=1e-5)
+
+
+def test_mask_val_must_be_a_number():
+    with pytest.raises(LibTrafficError, match="mask_val"):
+        TrafficStateEvaluator(_config(mask_val="ten"))

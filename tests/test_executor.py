@@ -21,7 +21,8 @@ from libtraffic.model.loss import TRAIN_LOSSES
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 
-SMALL = {"input_window": 6, "output_window": 3, "hidden_size": 16, "max_epoch": 2, "exp_id": "ex", "log_level": "WARNING"}
+SMALL = {"input_window": 6, "output_window": 3, "hidden_size": 16, "max_epoch": 2, "exp_id": "ex", "log_level": "WARNING",
+         "add_time_in_day": False}
 
 
 def build(dataset: str, **overrides):
@@ -40,14 +41,14 @@ def params(executor) -> dict[str, torch.Tensor]:
 
 def test_training_lowers_validation_loss(tiny_dataset: str) -> None:
     executor, (train, valid, _) = build(tiny_dataset, max_epoch=3)
-    before = executor._valid_epoch(valid)
+    before = executor._valid_epoch(valid, 0)
     best = executor.train(train, valid)
     assert [h["epoch"] for h in executor.history] == [0, 1, 2]
     assert best == min(h["loss"] for h in executor.history)
     assert best < 0.6 * before
     assert executor.history[-1]["train_loss"] < executor.history[0]["train_loss"]
     # load_best_epoch: the model now holds the best epoch's weights.
-    assert executor._valid_epoch(valid) == pytest.approx(best, rel=1e-6)
+    assert executor._valid_epoch(valid, 0) == pytest.approx(best, rel=1e-6)
 
 
 @pytest.mark.parametrize("learner, cls, group", [
@@ -164,7 +165,7 @@ def test_gradient_clipping(tiny_dataset: str) -> None:
         executor, (train, _, _) = build(tiny_dataset, learner="sgd", learning_rate=1.0, clip_grad_norm=clip,
                                         max_grad_norm=1e-3)
         start = params(executor)
-        executor._train_epoch([next(iter(train))])
+        executor._train_epoch([next(iter(train))], 0)
         delta = torch.cat([(v - start[k]).reshape(-1) for k, v in params(executor).items()]).norm()
         assert check(float(delta)), (clip, float(delta))
 
@@ -181,7 +182,7 @@ def test_early_stopping(tiny_dataset: str, caplog: pytest.LogCaptureFixture) -> 
 
 
 CHECKPOINT_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch", "best_val_loss",
-                   "best_epoch", "history", "config"}
+                   "best_epoch", "wait", "history", "config", "rng_state"}
 
 
 def test_checkpoint_dict_and_load_state(tiny_dataset: str) -> None:
@@ -215,11 +216,11 @@ def test_checkpoint_dict_and_load_state(tiny_dataset: str) -> None:
 
 def test_best_state_keeps_its_own_optimizer_state(tiny_dataset: str) -> None:
     executor, (train, valid, _) = build(tiny_dataset)
-    executor._train_epoch(train)
+    executor._train_epoch(train, 0)
     executor.wait = 0
     executor._track_best(0, {"loss": 1.0})
     snapshot = copy.deepcopy(executor.optimizer.state_dict()["state"])
-    executor._train_epoch(train)  # a later, worse epoch: the best checkpoint must not change
+    executor._train_epoch(train, 0)  # a later, worse epoch: the best checkpoint must not change
     best = executor.best_state["optimizer_state_dict"]["state"]
     for index, state in snapshot.items():
         assert torch.equal(best[index]["exp_avg"], state["exp_avg"]), index

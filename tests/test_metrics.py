@@ -121,10 +121,43 @@ def test_unmasked_ignores_nan_labels():
 
 
 @pytest.mark.parametrize("name", ["masked_MAE", "masked_MSE", "masked_RMSE", "masked_MAPE"])
-def test_all_zero_labels_masked_gives_zero_not_nan(name):
+def test_metric_with_no_valid_label_is_nan_not_zero(name):
     p = np.full((4, 3), 5.0)
     y = np.zeros((4, 3))
-    assert _call(METRICS[name], p, y) == 0.0
+    assert np.isnan(_call(METRICS[name], p, y))
+
+
+@pytest.mark.parametrize("name", ["masked_mae", "masked_mse", "masked_rmse", "masked_mape"])
+def test_train_loss_with_no_valid_label_is_zero_with_zero_gradient(name):
+    preds = torch.full((4, 3), 5.0, dtype=torch.float64, requires_grad=True)
+    value = get_train_loss(name)(preds, torch.zeros((4, 3), dtype=torch.float64))
+    value.backward()
+    assert value.item() == 0.0 and torch.equal(preds.grad, torch.zeros_like(preds))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("name", ["MAE", "MSE", "RMSE", "MAPE", "masked_MAE", "masked_MSE", "masked_RMSE",
+                                  "masked_MAPE"])
+def test_non_finite_prediction_is_never_scored_as_zero(name, bad):
+    """Only labels mask: a diverged model's NaN/inf prediction must make the metric non-finite."""
+    p, y = _data(zeros=True, seed=4)
+    p[0, 0, 1, 0] = bad
+    y[0, 0, 1, 0] = 50.0  # a valid label under the bad prediction
+    assert not np.isfinite(_call(METRICS[name], p, y))
+
+
+def test_nan_prediction_under_a_masked_label_is_ignored():
+    p, y = _data(zeros=True, seed=5)
+    y[0, 0, 2, 0] = 0.0
+    p[0, 0, 2, 0] = np.nan
+    keep = y != 0
+    np.testing.assert_allclose(_call(METRICS["masked_MAE"], p, y), _mae(p[keep], y[keep]), rtol=1e-12)
+
+
+def test_mask_val_ignores_labels_below_it():
+    p, y = np.array([1.0, 2.0, 30.0, 0.0]), np.array([4.0, 12.0, 20.0, 0.0])
+    value = METRICS["masked_MAE"](torch.from_numpy(p), torch.from_numpy(y), min_label=10.0).item()
+    assert value == pytest.approx((10.0 + 10.0) / 2)
 
 
 def test_unmasked_mape_with_a_zero_label_is_inf():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from libtraffic.config import ConfigParser
 from libtraffic.data.scalers import NoneScaler, StandardScaler
 from libtraffic.model import MODELS, get_model
 from libtraffic.model.rnn import RNN
@@ -61,11 +62,15 @@ def reference_forward(model: RNN, batch: dict[str, torch.Tensor], feed_truth: bo
     return torch.stack(outputs, dim=1)
 
 
-def test_model_jsons_set_rnn_type() -> None:
-    for name in CELLS:
-        defaults = json.loads((paths.CONFIG_DIR / "model" / "traffic_state_pred" / f"{name}.json").read_text())
-        assert defaults["rnn_type"] == name
-        assert MODELS[name] is RNN
+def test_gru_lstm_rnn_share_libcitys_rnn_defaults_and_the_name_sets_rnn_type(make_dataset) -> None:
+    """As LibCity: one defaults file (RNN.json) for the three names; the model name is the cell."""
+    make_dataset("CELLS", np.ones((30, 2), dtype=np.float32))
+    configs = {name: ConfigParser("traffic_state_pred", name, "CELLS") for name in CELLS}
+    for name, config in configs.items():
+        assert config["rnn_type"] == name and MODELS[name] is RNN
+        assert config.sources["hidden_size"] == "model/traffic_state_pred/RNN.json"
+    plain = [{k: v for k, v in c.items() if k not in ("model", "rnn_type")} for c in configs.values()]
+    assert plain[0] == plain[1] == plain[2]
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -83,7 +83,7 @@ def test_saved_model_loads_into_a_fresh_rnn(trained: dict) -> None:
     state = torch.load(trained["cwd"] / f"libtraffic/cache/{EXP}/model_cache/GRU_TINY.m", weights_only=False)
     assert state["epoch"] == state["best_epoch"] in (0, 1)
     assert state["config"]["hidden_size"] == 16 and state["config"]["input_window"] == 6
-    feature = {"scaler": NoneScaler(), "num_nodes": NODES, "feature_dim": 1, "output_dim": 1}
+    feature = {"scaler": NoneScaler(), "num_nodes": NODES, "feature_dim": 2, "output_dim": 1}  # speed, time of day
     model = RNN(state["config"], feature)
     model.load_state_dict(state["model_state_dict"])
     assert model.rnn.weight_hh_l0.shape == (3 * 16, 16)
@@ -157,7 +157,8 @@ def test_builtin_dataset_is_generated_on_first_use(workdir: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["SYNTH_LA.dyna", "SYNTH_LA.geo", "SYNTH_LA.rel", "config.json"]
     size = BUILTIN_DATASETS["SYNTH_LA"]
     prepared = get_dataset(config).prepare()
-    assert prepared.data.shape == (size["num_days"] * 288, size["num_nodes"], 1)
+    # LibCity's RNN defaults add the time of day as a second feature (load_external, add_time_in_day).
+    assert prepared.data.shape == (size["num_days"] * 288, size["num_nodes"], 2)
     assert config["set_weight_link_or_dist"] == "dist" and config["calculate_weight_adj"] is True
 
 

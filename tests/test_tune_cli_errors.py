@@ -78,7 +78,7 @@ def _setup_existing_experiment(folder: Path) -> None:
 
 # case name -> (extra arguments, setup of the working directory)
 CASES: dict[str, tuple[list[str], Callable[[Path], None] | None]] = {
-    "missing_space_file": ([], None),
+    "default_space_file": (["--dry_run", "--num_samples", "3"], None),
     "malformed_json": (["--space_file", "typo"], _setup_tutorial_typo),
     "unknown_search_alg": (["--space_file", "sample_space_file", "--search_alg", "HyperOpts"], None),
     "gpu_per_trial": (["--space_file", "sample_space_file", "--gpu_per_trial", "1"], None),
@@ -90,7 +90,7 @@ CASES: dict[str, tuple[list[str], Callable[[Path], None] | None]] = {
 }
 # test name -> the cases it reads (only the cases of selected tests are run)
 USED_BY: dict[str, tuple[str, ...]] = {
-    "test_cli_missing_space_file": ("missing_space_file",),
+    "test_cli_without_space_file_uses_libcitys_hyper_example": ("default_space_file",),
     "test_cli_malformed_json": ("malformed_json",),
     "test_cli_unknown_search_alg": ("unknown_search_alg",),
     "test_cli_gpu_per_trial_without_gpu_fails_fast": ("gpu_per_trial",),
@@ -136,10 +136,15 @@ def assert_user_error(result: CliResult, *fragments: str) -> str:
     return result.stderr
 
 
-def test_cli_missing_space_file(cli) -> None:
-    result = cli("missing_space_file")
-    assert_user_error(result, "--space_file is required", "--space_file sample_space_file")
-    assert not (result.workdir / "libtraffic" / "cache").exists()
+def test_cli_without_space_file_uses_libcitys_hyper_example(cli) -> None:
+    """As LibCity: no --space_file means hyper_example (the shipped copy when ./ has none)."""
+    result = cli("default_space_file")
+    assert result.returncode == 0, result.stderr
+    assert not (result.workdir / "hyper_example.json").exists()
+    assert f"Dry run: space file {REPO_ROOT / 'hyper_example.json'} is valid" in result.stdout
+    configs = sampled_lines(result)
+    assert len(configs) == 3 and all(set(c) == {"learning_rate"} for c in configs)
+    assert {c["learning_rate"] for c in configs} <= {0.01, 0.005, 0.001}
 
 
 def test_cli_malformed_json(cli) -> None:
@@ -240,11 +245,6 @@ def tune_error(tune_dir: Path, pattern: str, *fragments: str, **kwargs: Any) -> 
         assert fragment in message, f"{fragment!r} not in: {message}"
     assert not (tune_dir / "libtraffic" / "log").exists(), "a failed validation still started a run log"
     return message
-
-
-@pytest.mark.parametrize("space_file", [None, ""])
-def test_missing_space_file(tune_dir: Path, space_file: str | None) -> None:
-    tune_error(tune_dir, r"--space_file is required", "--space_file sample_space_file", space_file=space_file)
 
 
 def test_space_file_not_found(tune_dir: Path) -> None:

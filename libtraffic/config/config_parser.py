@@ -3,7 +3,7 @@
 Layers, highest first:
   1. overrides: command-line flags, and during tuning the sampled values (they win over flags)
   2. --config_file
-  3. model defaults        config/model/<task>/<MODEL>.json
+  3. model defaults        config/model/<task>/<model_config>.json (RNN.json for GRU, LSTM, RNN)
   4. dataset-class defaults config/data/<dataset_class>.json
   5. executor defaults, then evaluator defaults, then config/base.json
   6. the dataset's raw_data/<DATASET>/config.json (its ``info`` block flattened)
@@ -28,6 +28,8 @@ from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.jsonio import find_json_file, load_json
 from libtraffic.utils.registry import did_you_mean, lookup
 
+#: LibCity config keys that have no effect here -> why; a LibCity config file with them still runs.
+LIBCITY_IGNORED: dict[str, str] = load_json(paths.CONFIG_DIR / "libcity_ignored.json", "defaults")
 _BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 # Keys of a dataset config.json that describe the atomic-file schema rather than settings.
 _SCHEMA_BLOCKS = {"geo", "rel", "dyna", "ext", "grid", "od", "usr", "info"}
@@ -210,16 +212,20 @@ class ConfigParser(Mapping):
                     f"Valid: {', '.join(valid)}."
                 )
             defaults.append((f"{folder}/{path.name}", load_json(path, "defaults")))
-        defaults.append(
-            (f"model/{task}/{model}.json", load_json(paths.CONFIG_DIR / "model" / task / f"{model}.json", "defaults"))
-        )
-        self._types: dict[str, Any] = {"task": "", "model": "", "dataset": "", **components}
+        # As LibCity, GRU / LSTM / RNN share one defaults file (RNN.json) and the model name sets rnn_type.
+        model_file = f"{entry.get('model_config', model)}.json"
+        defaults.append((f"model/{task}/{model_file}", load_json(paths.CONFIG_DIR / "model" / task / model_file, "defaults")))
+        fixed = {"task": task, "model": model, "dataset": dataset, **components}
+        if "rnn_type" in entry:
+            fixed["rnn_type"] = entry["rnn_type"]
+        self._types: dict[str, Any] = dict(fixed)
         for _, layer in defaults:
             for key, value in layer.items():
                 if self._types.get(key) is None:
                     self._types[key] = value
         self._config: dict[str, Any] = {}
         self.sources: dict[str, str] = {}
+        self.ignored: dict[str, str] = {}  # LibCity keys we accept but do not use -> why
         for source, layer in defaults:
             self._apply(layer, source, check=False)
         if config_file:
@@ -228,7 +234,7 @@ class ConfigParser(Mapping):
             if not isinstance(data, dict):
                 raise LibTrafficError(f"The config file {path} must hold a JSON object of config keys.")
             self._apply(data, f"config file {path.name}", check=True)
-        self._apply({"task": task, "model": model, "dataset": dataset, **components}, "command line", check=False)
+        self._apply(fixed, "command line", check=False)
         self._apply(cli, "command line", check=True)
         if hyper_config_dict:
             self._apply(dict(hyper_config_dict), "search space", check=True)
@@ -236,6 +242,9 @@ class ConfigParser(Mapping):
 
     def _apply(self, layer: Mapping[str, Any], source: str, check: bool) -> None:
         for key, value in layer.items():
+            if check and key not in self._types and key in LIBCITY_IGNORED:
+                self.ignored[key] = f"{LIBCITY_IGNORED[key]} (from {source})"
+                continue
             if check:
                 value = self._checked(key, value, source)
             self._config[key] = value
@@ -257,6 +266,7 @@ class ConfigParser(Mapping):
         clone._types = self._types
         clone._config = dict(self._config)
         clone.sources = dict(self.sources)
+        clone.ignored = dict(self.ignored)
         clone._config_file = self._config_file
         clone._apply(dict(overrides), source, check=True)
         return clone
@@ -288,5 +298,8 @@ class ConfigParser(Mapping):
         return dict(self._config)
 
     def log_sources(self, logger: logging.Logger) -> None:
+        """Each value's source (debug), and a warning for each LibCity key that has no effect here."""
         for key in sorted(self._config):
             logger.debug("config %s = %r  (from %s)", key, self._config[key], self.sources[key])
+        for key, why in self.ignored.items():
+            logger.warning("Config key '%s' is ignored: %s.", key, why)

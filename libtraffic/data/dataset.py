@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from torch.utils.data import DataLoader
 
-from libtraffic.data.prepared import PreparedData, prepare_data
+from libtraffic.data.prepared import PreparedData, prepare_data, warn_ineffective
 from libtraffic.data.windows import make_loader, split_indices
 from libtraffic.utils.errors import LibTrafficError
 
@@ -30,6 +31,7 @@ class TrafficStatePointDataset:
             )
         if config["num_workers"] < 0:
             raise LibTrafficError(f"num_workers must be >= 0, got {config['num_workers']}.")
+        warn_ineffective(config, logging.getLogger("libtraffic"))
         self.prepared = prepared
 
     def prepare(self) -> PreparedData:
@@ -41,7 +43,7 @@ class TrafficStatePointDataset:
         """(train, valid, test) loaders; training batches are shuffled with the run's seed."""
         p = self.prepare()
         cfg = self.config
-        starts = split_indices(p.split, cfg["batch_size"], cfg["pad_with_last_sample"])
+        starts = split_indices(p.split, cfg["batch_size"], cfg["pad_with_last_sample"], cfg["eval_pad_with_last_sample"])
         return tuple(
             make_loader(p.data, idx, p.input_window, p.output_window, cfg["batch_size"], shuffle=i == 0,
                         num_workers=cfg["num_workers"], seed=cfg["seed"])

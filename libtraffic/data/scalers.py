@@ -1,15 +1,29 @@
 """Scalers with fit / transform / inverse_transform, fitted on the training part only.
 
 Each works on NumPy arrays and on torch tensors (inverse_transform runs on model outputs).
-Statistics are global scalars over the fitted values, as in LibCity.
+Statistics are global scalars over the fitted values, as in LibCity. ``fit_on_targets`` says what
+LibCity fits on: max/min-based scalers see the training inputs and targets, the standard scaler
+the training inputs only. A zero spread (constant data) becomes 1, with a warning, as scikit-learn.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
 
 from libtraffic.utils.registry import lookup
+
+logger = logging.getLogger(__name__)
+
+
+def _nonzero_spread(value: float, what: str) -> float:
+    if value != 0:
+        return value
+    logger.warning("The scaler's %s over the training data is 0 (constant readings); using 1, so values are only "
+                   "shifted, not scaled.", what)
+    return 1.0
 
 
 def _exp(x):
@@ -22,6 +36,8 @@ def _log(x):
 
 class NoneScaler:
     """Identity."""
+
+    fit_on_targets = False
 
     def fit(self, data: np.ndarray) -> "NoneScaler":
         return self
@@ -39,8 +55,10 @@ class NoneScaler:
 class NormalScaler(NoneScaler):
     """x / max."""
 
+    fit_on_targets = True
+
     def fit(self, data):
-        self.max = float(np.max(data))
+        self.max = _nonzero_spread(float(np.max(data)), "maximum")
         return self
 
     def transform(self, x):
@@ -55,7 +73,7 @@ class StandardScaler(NoneScaler):
 
     def fit(self, data):
         self.mean = float(np.mean(data, dtype=np.float64))
-        self.std = float(np.std(data, dtype=np.float64))
+        self.std = _nonzero_spread(float(np.std(data, dtype=np.float64)), "standard deviation")
         return self
 
     def transform(self, x):
@@ -68,9 +86,11 @@ class StandardScaler(NoneScaler):
 class MinMax01Scaler(NoneScaler):
     """(x - min) / (max - min), into [0, 1]."""
 
+    fit_on_targets = True
+
     def fit(self, data):
         self.min = float(np.min(data))
-        self.max = float(np.max(data))
+        self.max = self.min + _nonzero_spread(float(np.max(data)) - self.min, "range (max - min)")
         return self
 
     def transform(self, x):
@@ -91,9 +111,9 @@ class MinMax11Scaler(MinMax01Scaler):
 
 
 class LogScaler(NoneScaler):
-    """log(x + eps), eps = 1e-4."""
+    """log(x + eps), eps = 0.999 (LibCity's; a reading of 0 maps to log 0.999, near 0)."""
 
-    def __init__(self, eps: float = 1e-4) -> None:
+    def __init__(self, eps: float = 0.999) -> None:
         self.eps = eps
 
     def transform(self, x):

@@ -41,21 +41,27 @@ def day_in_week(times: np.ndarray) -> np.ndarray:
 
 
 def split_indices(
-    split: tuple[int, int, int], batch_size: int, pad_train: bool
+    split: tuple[int, int, int], batch_size: int, pad_train: bool, pad_eval: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sample start indices of train / valid / test, in time order.
 
     With ``pad_train`` the training indices are padded with the last sample to a whole number of
-    batches (LibCity's pad_with_last_sample); evaluation splits are never padded, so metrics count
-    every test sample exactly once.
+    batches (LibCity's pad_with_last_sample). Evaluation splits are padded the same way only with
+    ``pad_eval`` (LibCity's scoring, which counts the copies); by default every validation and
+    test sample counts exactly once.
     """
     num_train, num_val, num_test = split
     train = np.arange(num_train)
-    if pad_train and num_train % batch_size:
-        train = np.concatenate([train, np.full(batch_size - num_train % batch_size, num_train - 1)])
     val = np.arange(num_train, num_train + num_val)
     test = np.arange(num_train + num_val, num_train + num_val + num_test)
-    return train, val, test
+    return (_pad(train, batch_size) if pad_train else train, _pad(val, batch_size) if pad_eval else val,
+            _pad(test, batch_size) if pad_eval else test)
+
+
+def _pad(starts: np.ndarray, batch_size: int) -> np.ndarray:
+    """``starts`` followed by copies of its last entry up to a multiple of ``batch_size``."""
+    missing = -len(starts) % batch_size
+    return np.concatenate([starts, np.full(missing, starts[-1])]) if missing and len(starts) else starts
 
 
 class WindowDataset(Dataset):

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from libtraffic.model.loss import METRICS
+from libtraffic.model.loss import MASK_VAL_METRICS, METRICS
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.registry import lookup
 
@@ -52,12 +52,29 @@ def _names(value: Any, key: str) -> list[str]:
     raise LibTrafficError(f"Config key '{key}' must be a list of names, got {value!r}.")
 
 
+def _mask_val(config: Mapping[str, Any]) -> float | None:
+    """LibCity's evaluator threshold: masked_MAE / masked_MAPE also ignore labels below it.
+
+    ``eval_mask_val`` (LibCity's current name) wins over ``mask_val`` (its older name).
+    """
+    for key in ("eval_mask_val", "mask_val"):
+        value = config[key]
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise LibTrafficError(f"Config key '{key}' must be a number (labels below it are ignored by "
+                                  f"masked_MAE and masked_MAPE) or null, got {value!r}.")
+        return float(value)
+    return None
+
+
 class TrafficStateEvaluator:
     """Collects (y_true, y_pred) batches and scores them per prediction horizon.
 
     Config keys: ``metrics`` (names from :data:`libtraffic.model.loss.METRICS`),
     ``evaluator_mode`` ('single': horizon i scores step i only; 'average': steps 1..i),
-    ``save_mode`` ('csv' and/or 'json'), ``output_window``, ``model`` and ``dataset``.
+    ``save_mode`` ('csv' and/or 'json'), ``eval_mask_val`` / ``mask_val`` (see _mask_val),
+    ``output_window``, ``model`` and ``dataset``.
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
@@ -82,6 +99,7 @@ class TrafficStateEvaluator:
             raise LibTrafficError(
                 f"Config key 'output_window' must be a positive integer, got {window!r}."
             )
+        self.mask_val = _mask_val(config)
         self.model = config["model"]
         self.dataset = config["dataset"]
         self._true: list[Tensor] = []
@@ -114,7 +132,8 @@ class TrafficStateEvaluator:
                 steps = self._steps(i)
                 t, p = y_true[:, steps], y_pred[:, steps]
                 for name, fn in self._metric_fns.items():
-                    result[f"{name}@{i}"] = float(fn(p, t))
+                    extra = {"min_label": self.mask_val} if self.mask_val is not None and name in MASK_VAL_METRICS else {}
+                    result[f"{name}@{i}"] = float(fn(p, t, **extra))
         return result
 
     def _frame(self, result: Mapping[str, float]) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,7 +37,16 @@ def _kwargs(table: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, An
     return {arg: tuple(config[k] for k in key) if isinstance(key, tuple) else config[key] for arg, key in table.items()}
 
 
+def _check_rates(config: Mapping[str, Any]) -> None:
+    lr, decay = config["learning_rate"], config["weight_decay"]
+    if not (math.isfinite(lr) and lr > 0):
+        raise LibTrafficError(f"learning_rate must be a positive, finite number (LibCity's default is 0.01), got {lr}.")
+    if not (math.isfinite(decay) and decay >= 0):
+        raise LibTrafficError(f"weight_decay must be a finite number >= 0 (0 turns it off), got {decay}.")
+
+
 def build_optimizer(model: nn.Module, config: Mapping[str, Any]) -> torch.optim.Optimizer:
+    _check_rates(config)
     name = config["learner"]
     cls, table = lookup(OPTIMIZERS, name.lower(), "learner", where="config key 'learner'")
     if cls is torch.optim.SparseAdam:
@@ -45,37 +55,62 @@ def build_optimizer(model: nn.Module, config: Mapping[str, Any]) -> torch.optim.
 
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.Pow: operator.pow, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.USub: operator.neg}
+        ast.Pow: operator.pow, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.USub: operator.neg,
+        ast.UAdd: operator.pos}
 _FUNCS = {"min": min, "max": max, "abs": abs}
+_LAMBDA_ERRORS = {ZeroDivisionError: "it divides by zero", OverflowError: "the result is too large",
+                  RecursionError: "it is nested too deeply"}
+#: Longest lr_lambda text; with floats only, every operation is O(1), so evaluation takes microseconds.
+MAX_LAMBDA_CHARS = 200
 
 
-def lr_lambda_from_text(text: str) -> Callable[[int], float]:
+def lr_lambda_from_text(text: str, max_epoch: int = 1) -> Callable[[int], float]:
     """Compile an arithmetic expression of ``epoch`` (e.g. '0.95 ** epoch') into a function.
 
     Only numbers, ``epoch``, + - * / // % ** and min/max/abs are allowed; nothing is eval'ed.
+    All arithmetic is in floats (no unbounded integer powers), and the expression is checked for
+    every epoch 0 .. max_epoch - 1 up front: it must give a finite factor >= 0 each time.
     """
+    if len(text) > MAX_LAMBDA_CHARS:
+        raise LibTrafficError(f"lr_lambda is {len(text)} characters long; keep it under {MAX_LAMBDA_CHARS}.")
     try:
         tree = ast.parse(text, mode="eval").body
     except SyntaxError as err:
         raise LibTrafficError(f"lr_lambda {text!r} is not an expression of epoch: {err.msg}.") from err
 
-    def evaluate(node: ast.AST, epoch: int) -> float:
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return node.value
+    def evaluate(node: ast.AST, epoch: float) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return float(node.value)
         if isinstance(node, ast.Name) and node.id == "epoch":
             return epoch
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](evaluate(node.left, epoch), evaluate(node.right, epoch))
         if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](evaluate(node.operand, epoch))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS and node.args \
+                and not node.keywords:
             return _FUNCS[node.func.id](*(evaluate(a, epoch) for a in node.args))
         raise LibTrafficError(
             f"lr_lambda {text!r}: only numbers, 'epoch', + - * / // % ** and min/max/abs are allowed."
         )
 
-    evaluate(tree, 0)
-    return lambda epoch: float(evaluate(tree, epoch))
+    def factor(epoch: int) -> float:
+        try:
+            value = evaluate(tree, float(epoch))
+        except (ArithmeticError, ValueError, RecursionError) as err:  # 1 / 0, 9. ** 9. ** 9., too deep
+            reason = _LAMBDA_ERRORS.get(type(err), str(err))
+            raise LibTrafficError(f"lr_lambda {text!r} cannot be computed at epoch {epoch}: {reason}.") from err
+        if isinstance(value, complex):
+            raise LibTrafficError(f"lr_lambda {text!r} gives a complex number at epoch {epoch} (a negative number "
+                                  "to a fractional power); it must give a finite factor >= 0.")
+        if not math.isfinite(value) or value < 0:
+            raise LibTrafficError(f"lr_lambda {text!r} gives {value!r} at epoch {epoch}; it must give a finite "
+                                  "factor >= 0 of the learning rate for every epoch.")
+        return value
+
+    for epoch in range(max(max_epoch, 1)):
+        factor(epoch)
+    return factor
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any]):
@@ -91,5 +126,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any])
     if not all(isinstance(m, int) and not isinstance(m, bool) for m in milestones):
         raise LibTrafficError(f"steps must list epoch numbers (e.g. [5, 20]), got {milestones!r}.")
     if "lr_lambda" in kwargs:
-        kwargs["lr_lambda"] = lr_lambda_from_text(kwargs["lr_lambda"])
+        kwargs["lr_lambda"] = lr_lambda_from_text(kwargs["lr_lambda"], config["max_epoch"])
     return cls(optimizer, **kwargs)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -23,6 +25,10 @@ from libtraffic.model import loss as losses
 from libtraffic.utils import paths
 from libtraffic.utils.device import get_device
 from libtraffic.utils.errors import LibTrafficError
+
+class TrainingDiverged(LibTrafficError):
+    """The loss or the predictions became NaN/inf; the run stops instead of scoring garbage."""
+
 
 # Called after every epoch with (epoch, {'loss': val_loss, 'train_loss': ..., 'lr': ..., 'epoch_time': ...}).
 EpochHook = Callable[[int, dict[str, float]], None]
@@ -43,6 +49,11 @@ class TrafficStateExecutor:
         self.output_dim = data_feature["output_dim"]
         self.exp_id = config["exp_id"]
         self.max_epoch = config["max_epoch"]
+        if config["train"] and self.max_epoch < 1:
+            raise LibTrafficError(
+                f"max_epoch is {self.max_epoch}: nothing would be trained, and an untrained model would be saved "
+                "and scored. Use --max_epoch 1 or more (or --train false --exp_id N to evaluate a saved model)."
+            )
         if config["log_every"] < 1:
             raise LibTrafficError(f"log_every must be a positive integer (log every N epochs), got {config['log_every']}.")
         self.optimizer = build_optimizer(self.model, config)
@@ -54,6 +65,10 @@ class TrafficStateExecutor:
         self.best_epoch = -1
         self.best_state: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
+        self.wait = 0
+        self.stop = False
+        self._data_generator: torch.Generator | None = None
+        self._resumed_rng: dict[str, Any] | None = None
         self._writer = None
         self.logger.info("Model %s: %d trainable parameters, device %s", config["model"],
                          sum(p.numel() for p in self.model.parameters() if p.requires_grad), self.device)
@@ -68,8 +83,10 @@ class TrafficStateExecutor:
             "epoch": epoch,
             "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
+            "wait": self.wait,
             "history": list(self.history),
             "config": serializable_config(self.config),
+            "rng_state": _rng_state(self._data_generator),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -81,7 +98,9 @@ class TrafficStateExecutor:
         self.start_epoch = state["epoch"] + 1
         self.best_val_loss = state["best_val_loss"]
         self.best_epoch = state["best_epoch"]
+        self.wait = state.get("wait", self.start_epoch - 1 - self.best_epoch)
         self.history = list(state.get("history", []))
+        self._resumed_rng = state.get("rng_state")
 
     def save_model(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
         path = Path(path)
@@ -121,47 +140,75 @@ class TrafficStateExecutor:
     def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def _train_epoch(self, loader: Iterable) -> float:
+    def _train_epoch(self, loader: Iterable, epoch: int) -> float:
         self.model.train()
         total, count = 0.0, 0
-        for batch in loader:
+        for i, batch in enumerate(loader):
             batch = self._to_device(batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._batch_loss(batch)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise self._diverged(f"epoch {epoch}, training batch {i}: the loss is {value}")
             loss.backward()
             if self.config["clip_grad_norm"]:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config["max_grad_norm"])
-            self.optimizer.step()
-            total, count = total + loss.item(), count + 1
+            try:
+                self.optimizer.step()
+            except RuntimeError as err:  # torch refuses a step size beyond float32 (e.g. lr 1e38 in Adam)
+                if "overflow" not in str(err):
+                    raise
+                raise self._diverged(f"epoch {epoch}, training batch {i}: the optimiser step overflows") from err
+            total, count = total + value, count + 1
         return total / max(count, 1)
 
     @torch.no_grad()
-    def _valid_epoch(self, loader: Iterable) -> float:
+    def _valid_epoch(self, loader: Iterable, epoch: int) -> float:
+        """Validation loss: the mean over samples; with eval_pad_with_last_sample, LibCity's mean of
+        per-batch losses over the padded batches."""
         self.model.eval()
         total, count = 0.0, 0
+        per_batch = self.config["eval_pad_with_last_sample"]
         for batch in loader:
             batch = self._to_device(batch)
-            n = batch["X"].shape[0]
+            n = 1 if per_batch else batch["X"].shape[0]
             total, count = total + self._batch_loss(batch).item() * n, count + n
-        return total / max(count, 1)
+        value = total / max(count, 1)
+        if not math.isfinite(value):
+            raise self._diverged(f"epoch {epoch}: the validation loss is {value}")
+        return value
+
+    def _diverged(self, where: str) -> TrainingDiverged:
+        c = self.config
+        return TrainingDiverged(
+            f"Training diverged at {where} (the model's predictions or loss are no longer finite numbers); "
+            f"nothing was scored. Try a smaller --learning_rate (now {c['learning_rate']}), gradient clipping "
+            f"(--clip_grad_norm true --max_grad_norm 5; now {str(c['clip_grad_norm']).lower()}), or another "
+            f"--learner (now {c['learner']}); check the data for extreme readings."
+        )
 
     def train(self, train_loader: Iterable, eval_loader: Iterable, hooks: Iterable[EpochHook] = ()) -> float:
         """Train from start_epoch to max_epoch; returns the best validation loss.
 
         After training, the model holds the best epoch's weights when load_best_epoch is true.
+        Resuming (config ``epoch`` K) restores epoch K's weights, optimiser, scheduler, best epoch,
+        early-stop counter and random state, so the resumed run equals an uninterrupted one.
         """
+        self._data_generator = getattr(train_loader, "generator", None)
         if self.config["epoch"] > 0 and self.start_epoch == 0:
-            self.load_state(torch.load(self._existing_epoch_file(self.config["epoch"]), map_location=self.device, weights_only=False))
-            self.logger.info("Resuming training after epoch %d", self.config["epoch"])
+            self.load_state(self._read_checkpoint(self._existing_epoch_file(self.config["epoch"])))
+            self._restore_best_state()
+            self.logger.info("Resuming training after epoch %d (best epoch so far %d)", self.config["epoch"], self.best_epoch)
+        if self._resumed_rng is not None:
+            _set_rng_state(self._resumed_rng, self._data_generator)
+            self._resumed_rng = None
         # The LR steps first, so the best checkpoint holds the scheduler state after its epoch, as the epoch file does.
         hooks = [self._step_lr, self._track_best, self._log_epoch, self._save_epoch_files, *hooks]
-        self.stop, self.wait = False, 0
+        self.stop = False
         for epoch in range(self.start_epoch, self.max_epoch):
             start = time.perf_counter()
-            train_loss = self._train_epoch(train_loader)
-            val_loss = self._valid_epoch(eval_loader)
-            if not np.isfinite(train_loss) or not np.isfinite(val_loss):
-                raise FloatingPointError(f"Epoch {epoch}: loss is {train_loss} (train) / {val_loss} (valid); training diverged.")
+            train_loss = self._train_epoch(train_loader, epoch)
+            val_loss = self._valid_epoch(eval_loader, epoch)
             metrics = {"loss": val_loss, "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
                        "epoch_time": time.perf_counter() - start}
             self.history.append({"epoch": epoch, **metrics})
@@ -176,6 +223,24 @@ class TrafficStateExecutor:
         self._close_writer()
         return self.best_val_loss
 
+    def _read_checkpoint(self, path: Path) -> dict[str, Any]:
+        return torch.load(path, map_location=self.device, weights_only=False)
+
+    def _restore_best_state(self) -> None:
+        """After resuming from an epoch file: the best epoch's state, from its own epoch file."""
+        resumed = self.start_epoch - 1
+        if self.best_epoch == resumed:
+            self.best_state = copy.deepcopy(self.state(resumed))
+            return
+        path = self.epoch_file(self.best_epoch)
+        if self.best_epoch >= 0 and path.is_file():
+            self.best_state = self._read_checkpoint(path)
+            return
+        raise LibTrafficError(
+            f"Cannot resume: the best epoch so far ({self.best_epoch}) has no checkpoint {path}, so the best "
+            "model could not be kept. Resume from the experiment whose epoch files are complete, or retrain."
+        )
+
     def _existing_epoch_file(self, epoch: int) -> Path:
         path = self.epoch_file(epoch)
         if not path.is_file():
@@ -185,10 +250,10 @@ class TrafficStateExecutor:
     # ----- epoch-end hooks -----
     def _track_best(self, epoch: int, metrics: dict[str, float]) -> None:
         if metrics["loss"] < self.best_val_loss:
+            self.wait = 0
             self.best_val_loss, self.best_epoch = metrics["loss"], epoch
             # A deep copy: state() shares the live weights and optimiser moments, which later epochs change.
             self.best_state = copy.deepcopy(self.state(epoch))
-            self.wait = 0
         else:
             self.wait += 1
             if self.config["use_early_stop"] and self.wait >= self.config["patience"]:
@@ -251,9 +316,26 @@ class TrafficStateExecutor:
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
         name = f"{stamp}_{self.config['model']}_{self.config['dataset']}"
-        np.savez_compressed(folder / f"{name}_predictions.npz", prediction=y_pred.numpy(), truth=y_true.numpy())
+        if self.config["save_predictions"]:
+            # Uncompressed: compressing these float arrays took ~5 s at METR_LA size and saved little.
+            np.savez(folder / f"{name}_predictions.npz", prediction=y_pred.numpy(), truth=y_true.numpy())
         self.evaluator.clear()
         self.evaluator.collect({"y_true": y_true, "y_pred": y_pred})
         result = self.evaluator.evaluate()
         self.evaluator.save_result(folder, name)  # also logs the metrics table
         return result
+
+
+def _rng_state(generator: torch.Generator | None) -> dict[str, Any]:
+    """Every random source training draws from: dropout (torch), teacher forcing (random),
+    numpy, and the training loader's shuffling generator."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "data_order": generator.get_state() if generator is not None else None}
+
+
+def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator | None) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if generator is not None and state.get("data_order") is not None:
+        generator.set_state(state["data_order"])

@@ -28,51 +28,68 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 NULL_TOLERANCE = 1e-4
 
 
-def _masked_mean(
-    error: Callable[[Tensor, Tensor], Tensor], preds: Tensor, labels: Tensor, null_val: float
-) -> Tensor:
-    """Mean of ``error(preds, labels)`` with ignored labels weighted out (LibCity's scheme).
+def _keep_mask(labels: Tensor, null_val: float, min_label: float | None) -> Tensor:
+    """Entries that count: by the labels only (never by the predictions).
 
-    Kept entries get weight 1 / (fraction kept), so the mean over all entries equals the mean
-    over the kept ones; if nothing is kept the result is 0, not NaN. Remaining NaN products
-    (e.g. a NaN label that is not the null value) count as 0, as in LibCity.
+    ``null_val`` NaN ignores NaN labels; otherwise labels within NULL_TOLERANCE of it (a zero
+    reading comes back from the scaler's float32 round trip a few 1e-6 off zero; LibCity zeroes
+    |label| < 1e-4). ``min_label`` (LibCity's ``mask_val``) also ignores labels below it.
     """
-    # A zero reading comes back from the scaler's float32 round trip a few 1e-6 off zero, so
-    # labels within NULL_TOLERANCE of null_val count as null (LibCity zeroes |label| < 1e-4).
-    keep = ~torch.isnan(labels) if math.isnan(null_val) else ~(torch.abs(labels - null_val) < NULL_TOLERANCE)
+    keep = ~torch.isnan(labels)
+    if not math.isnan(null_val):
+        keep &= ~(torch.abs(labels - null_val) < NULL_TOLERANCE)
+    if min_label is not None:
+        keep &= labels >= min_label
+    return keep
+
+
+def _masked_mean(
+    error: Callable[[Tensor, Tensor], Tensor], preds: Tensor, labels: Tensor, null_val: float,
+    empty: float = math.nan, min_label: float | None = None,
+) -> Tensor:
+    """Mean of ``error(preds, labels)`` over the entries whose labels count (see _keep_mask).
+
+    Equal to LibCity's reweighted mean, except that a NaN or inf prediction is never hidden: it
+    makes the result NaN/inf (LibCity turned NaN terms into 0, so a diverged model scored 0).
+    With no label that counts the result is ``empty``: NaN for metrics, 0 (with a zero gradient)
+    for training losses, so a batch of missing readings teaches nothing instead of failing.
+    """
+    keep = _keep_mask(labels, null_val, min_label)
     # Ignored entries are swapped for a harmless constant before the error is taken: a
     # where() after the fact would still let a NaN/inf local gradient poison backward.
-    drop = ~keep | torch.isnan(labels)
     one = torch.ones((), dtype=preds.dtype, device=preds.device)
-    values = error(torch.where(drop, one, preds), torch.where(drop, one, labels))
-    weights = keep.to(values.dtype)
-    weights = torch.nan_to_num(weights / weights.mean(), nan=0.0)
-    loss = values * weights
-    return torch.where(torch.isnan(loss), torch.zeros_like(loss), loss).mean()
+    values = error(torch.where(keep, preds, one), torch.where(keep, labels, one))
+    count = keep.sum()
+    total = torch.where(keep, values, torch.zeros_like(values)).sum()
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, empty))
 
 
-def masked_mae(preds: Tensor, labels: Tensor, null_val: float = float("nan")) -> Tensor:
+def masked_mae(preds: Tensor, labels: Tensor, null_val: float = float("nan"), empty: float = math.nan,
+               min_label: float | None = None) -> Tensor:
     """Mean absolute error, ignoring labels equal to ``null_val`` (NaN: ignore NaN labels)."""
-    return _masked_mean(lambda p, y: torch.abs(p - y), preds, labels, null_val)
+    return _masked_mean(lambda p, y: torch.abs(p - y), preds, labels, null_val, empty, min_label)
 
 
-def masked_mse(preds: Tensor, labels: Tensor, null_val: float = float("nan")) -> Tensor:
+def masked_mse(preds: Tensor, labels: Tensor, null_val: float = float("nan"), empty: float = math.nan,
+               min_label: float | None = None) -> Tensor:
     """Mean squared error (units squared), ignoring labels equal to ``null_val``."""
-    return _masked_mean(lambda p, y: torch.square(p - y), preds, labels, null_val)
+    return _masked_mean(lambda p, y: torch.square(p - y), preds, labels, null_val, empty, min_label)
 
 
-def masked_rmse(preds: Tensor, labels: Tensor, null_val: float = float("nan")) -> Tensor:
+def masked_rmse(preds: Tensor, labels: Tensor, null_val: float = float("nan"), empty: float = math.nan,
+                min_label: float | None = None) -> Tensor:
     """Root of :func:`masked_mse`."""
-    return torch.sqrt(masked_mse(preds, labels, null_val))
+    return torch.sqrt(masked_mse(preds, labels, null_val, empty, min_label))
 
 
-def masked_mape(preds: Tensor, labels: Tensor, null_val: float = float("nan")) -> Tensor:
+def masked_mape(preds: Tensor, labels: Tensor, null_val: float = float("nan"), empty: float = math.nan,
+                min_label: float | None = None) -> Tensor:
     """Mean of |preds - labels| / |labels| (a fraction, not percent).
 
     Unmasked (``null_val=nan``) a zero label with a non-zero error makes the result inf, as in
     LibCity; use ``null_val=0`` to skip zero labels.
     """
-    return _masked_mean(lambda p, y: torch.abs(p - y) / torch.abs(y), preds, labels, null_val)
+    return _masked_mean(lambda p, y: torch.abs(p - y) / torch.abs(y), preds, labels, null_val, empty, min_label)
 
 
 def _one_minus_ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -124,27 +141,33 @@ def quantile(preds: Tensor, labels: Tensor, delta: float = 0.25) -> Tensor:
     return torch.maximum(delta * e, (delta - 1) * e).mean()
 
 
-_mae = partial(masked_mae, null_val=float("nan"))
-_mse = partial(masked_mse, null_val=float("nan"))
-_rmse = partial(masked_rmse, null_val=float("nan"))
-_mape = partial(masked_mape, null_val=float("nan"))
+# Metrics: no label that counts -> NaN. Training losses: -> 0, so the batch teaches nothing.
+_mae = partial(masked_mae, null_val=math.nan)
+_mse = partial(masked_mse, null_val=math.nan)
+_rmse = partial(masked_rmse, null_val=math.nan)
+_mape = partial(masked_mape, null_val=math.nan)
 _masked_mae = partial(masked_mae, null_val=0.0)
 _masked_mse = partial(masked_mse, null_val=0.0)
 _masked_rmse = partial(masked_rmse, null_val=0.0)
 _masked_mape = partial(masked_mape, null_val=0.0)
 
+
+def _train(fn: LossFn) -> LossFn:
+    return partial(fn, empty=0.0)
+
+
 #: LibCity's ``train_loss`` config values. ``r2`` and ``evar`` are scores (higher is better) used
 #: as-is, as LibCity does: minimising them makes the model worse, so choose them knowingly.
 #: ``none`` (use the model's own ``calculate_loss``) is handled by the executor, not here.
 TRAIN_LOSSES: dict[str, LossFn] = {
-    "mae": _mae,
-    "mse": _mse,
-    "rmse": _rmse,
-    "mape": _mape,
-    "masked_mae": _masked_mae,
-    "masked_mse": _masked_mse,
-    "masked_rmse": _masked_rmse,
-    "masked_mape": _masked_mape,
+    "mae": _train(_mae),
+    "mse": _train(_mse),
+    "rmse": _train(_rmse),
+    "mape": _train(_mape),
+    "masked_mae": _train(_masked_mae),
+    "masked_mse": _train(_masked_mse),
+    "masked_rmse": _train(_masked_rmse),
+    "masked_mape": _train(_masked_mape),
     "huber": huber,
     "logcosh": log_cosh,
     "quantile": quantile,
@@ -165,6 +188,10 @@ METRICS: dict[str, LossFn] = {
     "R2": r2_score,
     "EVAR": explained_variance,
 }
+
+
+#: Metrics that also ignore labels below the evaluator's ``mask_val`` (as LibCity's evaluator).
+MASK_VAL_METRICS = frozenset({"masked_MAE", "masked_MAPE"})
 
 
 def get_train_loss(name: str) -> LossFn:

@@ -105,4 +105,4 @@ class RNN(nn.Module):
         """Masked MAE on inverse-scaled values, zero readings ignored (LibCity's default loss)."""
         y_true = self.scaler.inverse_transform(batch["y"][..., : self.output_dim])
         y_pred = self.scaler.inverse_transform(self.predict(batch))
-        return loss.masked_mae(y_pred, y_true, 0.0)
+        return loss.TRAIN_LOSSES["masked_mae"](y_pred, y_true)

@@ -14,6 +14,7 @@ from libtraffic.model import get_model
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.logger import get_logger
+from libtraffic.utils.device import set_threads
 from libtraffic.utils.seed import set_random_seed
 
 
@@ -47,6 +48,7 @@ def run_model(task: str | None = None, model_name: str | None = None, dataset_na
     logger.info("Begin pipeline, task=%s, model_name=%s, dataset_name=%s, exp_id=%s",
                 config["task"], config["model"], config["dataset"], exp_id)
     config.log_sources(logger)
+    set_threads(config, logger)
     set_random_seed(config["seed"])
     dataset = get_dataset(config)
     train_data, valid_data, test_data = dataset.get_data()

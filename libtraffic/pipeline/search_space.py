@@ -20,6 +20,7 @@ import numpy as np
 from ray import tune
 
 from libtraffic.config.config_parser import ConfigParser, coerce_value
+from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.jsonio import find_json_file, load_json
 from libtraffic.utils.registry import did_you_mean
@@ -110,8 +111,15 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+#: LibCity's default --space_file; shipped beside hyper_tune.py, used when ./hyper_example.json is absent.
+DEFAULT_SPACE = "hyper_example"
+
+
 def find_space_file(name: str) -> Path:
     """--space_file NAME is ./NAME.json like LibCity; a path to a .json file works too."""
+    shipped = paths.PACKAGE_DIR.parent / f"{DEFAULT_SPACE}.json"
+    if name == DEFAULT_SPACE and not Path(f"{name}.json").is_file() and shipped.is_file():
+        return shipped
     return find_json_file(name, "Space file", " See sample_space_file.json for the format.")
 
 

@@ -136,6 +136,9 @@ def finish(config: ConfigParser, space: SearchSpace, results, logger: logging.Lo
     print(f"\n{len(records)} trials in {fit_seconds:.1f} s of tuning.")
     print(f"Best trial config: {best.config}")
     print(f"Best trial final validation loss: {best.best_loss}")
+    # LibCity's line above reported the trial's last epoch; ours is its best epoch, the model kept.
+    print(f"(validation loss of epoch {best.best_epoch} of {best.epochs_run}, the trial's best epoch and the model "
+          f"kept; LibCity printed the last epoch's)")
     logger.info("Best trial %s (seed %s, epoch %s): config %s, validation loss %s",
                 best.trial_id, best.seed, best.best_epoch, best.config, best.best_loss)
     state = _best_state(results, best.trial_id)

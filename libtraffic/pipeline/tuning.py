@@ -23,10 +23,11 @@ from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS
 from libtraffic.pipeline.pipeline import new_exp_id
-from libtraffic.pipeline.search_space import SearchSpace, load_search_space
+from libtraffic.pipeline.search_space import DEFAULT_SPACE, SearchSpace, load_search_space
 from libtraffic.pipeline.trial import TrialSettings, train_trial
 from libtraffic.pipeline import tune_report
 from libtraffic.utils import paths
+from libtraffic.utils.device import set_threads
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.logger import get_logger
 from libtraffic.utils.registry import lookup
@@ -160,9 +161,7 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
                     gpu_per_trial: int | None = None, resume: bool = False, dry_run: bool = False,
                     time_budget_s: float | None = None) -> dict[str, Any] | None:
     """Tune the model named by ``model_name`` over ``space_file``; returns the best trial's summary."""
-    if not space_file:
-        raise LibTrafficError("--space_file is required: the JSON search space (e.g. --space_file sample_space_file).")
-    opts = TuneOptions(space_file, scheduler or "FIFO", search_alg or "BasicSearch", num_samples, max_concurrent,
+    opts = TuneOptions(space_file or DEFAULT_SPACE, scheduler or "FIFO", search_alg or "BasicSearch", num_samples, max_concurrent,
                        cpu_per_trial, gpu_per_trial, resume, dry_run, time_budget_s)
     config = ConfigParser(task or "traffic_state_pred", model_name or "GRU", dataset_name or "METR_LA",
                           config_file, other_args=other_args)
@@ -190,6 +189,7 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
     logger.info("Begin hyperparameter tuning: task=%s, model=%s, dataset=%s, exp_id=%s, search_alg=%s, scheduler=%s",
                 config["task"], config["model"], config["dataset"], exp_id, opts.search_alg, opts.scheduler)
     config.log_sources(logger)
+    set_threads(config, logger)  # the driver's data preparation and final test evaluation
     _log_overrides(config, space, logger)
     if opts.dry_run:
         _dry_run(config, space, opts, logger)

@@ -21,3 +21,18 @@ def get_device(config: Mapping[str, Any], logger: logging.Logger) -> torch.devic
     if not 0 <= gpu_id < torch.cuda.device_count():
         raise LibTrafficError(f"gpu_id {gpu_id} does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
     return torch.device(f"cuda:{gpu_id}")
+
+
+def set_threads(config: Mapping[str, Any], logger: logging.Logger) -> None:
+    """torch's CPU threads from ``num_threads`` (0 keeps torch's default, one per core).
+
+    One thread is the default: on a busy machine torch's default threads wait on each other and
+    an epoch gets several times slower, while on an idle 2-core machine one thread costs little
+    (bench/bench_threads.py, bench/RESULTS.md).
+    """
+    threads = config["num_threads"]
+    if threads < 0:
+        raise LibTrafficError(f"num_threads must be >= 0 (0 = torch's default, one per core), got {threads}.")
+    if threads:
+        torch.set_num_threads(threads)
+    logger.debug("torch uses %d CPU thread(s)", torch.get_num_threads())
