@@ -130,7 +130,8 @@ def test_grid_fifo_best_model_and_config_reproduce(workdir, ray_cluster):
     from libtraffic.data.scalers import NoneScaler
     from libtraffic.model import get_model
 
-    model = get_model(state["config"], {"scaler": NoneScaler(), "num_nodes": 5, "feature_dim": 1, "output_dim": 1})
+    # speed and LibCity's default time-of-day feature
+    model = get_model(state["config"], {"scaler": NoneScaler(), "num_nodes": 5, "feature_dim": 2, "output_dim": 1})
     model.load_state_dict(state["model_state_dict"])
     assert model.hidden_size == best["config"]["hidden_size"]
 
@@ -193,14 +194,21 @@ def test_same_seed_same_configs_and_losses(workdir, ray_cluster):
     assert other != [row[:2] for row in runs[0]]
 
 
-def test_failing_trial_does_not_end_the_run(workdir, ray_cluster):
-    space = write_space(workdir, "failing", {"dropout": {"type": "grid_search", "list": [0.1, 1.5]}})
+def test_failing_and_diverging_trials_are_never_ranked(workdir, ray_cluster):
+    """A trial that cannot start or that diverges (NaN/inf) fails; it is never the best (it used to score 0)."""
+    space = write_space(workdir, "failing", {"dropout": {"type": "grid_search", "list": [0.1, 1.5]},
+                                             "learning_rate": {"type": "grid_search", "list": [0.01, 1e38]}})
     out = tune(workdir, ray_cluster, "failing", space, "--num_samples", "1", "--max_epoch", "1", "--hidden_size", "8")
-    rows = {r["config"]["dropout"]: r for r in results(workdir, "failing")}
-    assert rows[1.5]["status"] == "ERROR" and "dropout must be in [0, 1)" in rows[1.5]["error"]
-    assert rows[0.1]["status"] == "DONE"
-    assert printed_best(out.stdout)[0] == {"dropout": 0.1}
+    rows = {(r["config"]["dropout"], r["config"]["learning_rate"]): r for r in results(workdir, "failing")}
+    for lr in (0.01, 1e38):
+        assert rows[1.5, lr]["status"] == "ERROR" and "dropout must be in [0, 1)" in rows[1.5, lr]["error"]
+    assert rows[0.1, 1e38]["status"] == "ERROR" and "Training diverged" in rows[0.1, 1e38]["error"]
+    assert rows[0.1, 0.01]["status"] == "DONE"
+    config, loss = printed_best(out.stdout)
+    assert config == {"dropout": 0.1, "learning_rate": 0.01}
+    assert loss == pytest.approx(rows[0.1, 0.01]["best_loss"]) and loss > 0
     assert "failed: " in out.stdout
+    assert re.search(r"\(validation loss of epoch 0 of 1, the trial's best epoch", out.stdout)
 
 
 def test_all_trials_failing_exits_nonzero(workdir, ray_cluster):
