@@ -132,9 +132,10 @@ def convert(cwd: Path, *args) -> subprocess.CompletedProcess:
                           env={**SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=120)
 
 
-def loaded(dataset: str):
+def loaded(dataset: str, **flags):
     """The prepared data our loader builds for --dataset (cwd is the working directory)."""
-    return prepare_data(ConfigParser("traffic_state_pred", "GRU", dataset, other_args={"cache_dataset": False, "scaler": "none"}))
+    flags = {"cache_dataset": False, "scaler": "none", **flags}
+    return prepare_data(ConfigParser("traffic_state_pred", "GRU", dataset, other_args=flags))
 
 
 def in_geo_order(values: np.ndarray) -> np.ndarray:
@@ -272,6 +273,7 @@ def test_pems04_three_features_and_links(workdir: Path) -> None:
         expected[a, b] = 1
     np.testing.assert_array_equal(prepared.adj_mx, expected)
     np.testing.assert_array_equal(prepared.data, data.astype(np.float32))
+    assert (prepared.output_dim, loaded("PEMSD4", output_dim=1).output_dim) == (3, 1)  # --output_dim 1: flow only
 
 
 def test_pems03_ids_file_and_start(workdir: Path) -> None:
