@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -76,7 +75,7 @@ class Progress:
     def __init__(self, label: str, total: int, stream: TextIO = sys.stderr) -> None:
         self.label, self.total, self.stream = label, total, stream
         self.tty = stream.isatty()
-        self.shown = -1
+        self.shown = 0
 
     def __call__(self, done: int) -> None:
         percent = 100 * done // self.total
