@@ -299,7 +299,7 @@ def test_pems_published_start_from_the_file_name(workdir: Path) -> None:
 
 def test_edges_among_keeps_first_of_a_pair_and_known_sensors() -> None:
     edges = Edges(np.array([1, 2, 1, 9, 2]), np.array([2, 3, 2, 1, 3]), np.array([5.0, 6.0, 7.0, 8.0, 9.0]))
-    kept = edges_among(edges, np.array([1, 2, 3]))
+    kept = edges_among(edges, np.array([1, 2, 3]), Path("e.csv"))
     assert (kept.origin.tolist(), kept.dest.tolist(), kept.cost.tolist()) == ([1, 2], [2, 3], [5.0, 6.0])
 
 

@@ -141,7 +141,7 @@ def _graph(args: argparse.Namespace, sensors: np.ndarray, h5: Path) -> dict[str,
     if picked is not None:
         path, edges = picked
         _require_sensors(sensors, edges.ids(), path, h5, "--distances")
-        kept = edges_among(edges, sensors)
+        kept = edges_among(edges, sensors, path)
         return {"origin": kept.origin, "dest": kept.dest, "weights": kept.cost, "weight_col": "cost",
                 "adjacency": dict(DISTANCE_KERNEL), "graph": f"road distances of {path.name}, Gaussian kernel as DCRNN"}
     picked = _pick("adj_mx", args, sensors)

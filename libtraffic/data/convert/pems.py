@@ -113,6 +113,6 @@ def read(args: argparse.Namespace) -> Converted:
             f"{csv} names {len(unknown)} sensor(s) that {npz.name} does not have "
             f"({'node indices 0..' + str(data.shape[1] - 1) if not args.ids else 'ids of ' + str(args.ids)}): "
             f"{shown_ids(unknown)}.{hint}")
-    kept = edges_among(edges, sensors)
+    kept = edges_among(edges, sensors, csv)
     return Converted(sensors, None, data, FEATURES[data.shape[2]], start, STEP_SECONDS, kept.origin, kept.dest,
                      kept.cost, "cost", dict(LINKS), f"directed links of {csv.name}, as LibCity's PEMSD4")

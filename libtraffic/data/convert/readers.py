@@ -131,10 +131,15 @@ def read_id_list(path: Path) -> np.ndarray:
     return normalize_ids(ids, str(path))
 
 
-def edges_among(edges: Edges, known: np.ndarray) -> Edges:
-    """The edges whose both ends are ``known`` sensors, each (from, to) pair once (its first row)."""
+def edges_among(edges: Edges, known: np.ndarray, source: Path) -> Edges:
+    """The edges whose both ends are ``known`` sensors, each (from, to) pair once (its first row).
+
+    ``source`` names the file in the error raised when no edge is left.
+    """
     index = pd.Index(known)
     keep = (index.get_indexer(edges.origin) >= 0) & (index.get_indexer(edges.dest) >= 0)
+    if not keep.any():
+        raise LibTrafficError(f"{source}: no row joins two sensors of the data; it belongs to another dataset.")
     pairs = pd.DataFrame({"o": edges.origin[keep], "d": edges.dest[keep]})
     first = ~pairs.duplicated().to_numpy()
     return Edges(edges.origin[keep][first], edges.dest[keep][first], edges.cost[keep][first])
