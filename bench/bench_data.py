@@ -28,14 +28,14 @@ LAUNCHED = "BENCH_DATA_LAUNCHED"  # the parent's time.time() when it started the
 CACHE_DIR = BENCH_DIR / "libtraffic" / "cache" / "dataset_cache"
 
 
-def child() -> None:
-    """Prepare the data once in this process and print {'prep_s', 'startup_s', 'peak_rss', ...} as JSON."""
+def child(name: str = DATASET) -> None:
+    """Prepare dataset ``name`` once in this process and print {'prep_s', 'startup_s', 'peak_rss', ...} as JSON."""
     from libtraffic.config import ConfigParser
     from libtraffic.data import get_dataset
 
     startup = time.time() - float(os.environ[LAUNCHED])  # interpreter start and all imports
     imported = time.perf_counter()
-    config = ConfigParser(TASK, MODEL, DATASET)
+    config = ConfigParser(TASK, MODEL, name)
     dataset = get_dataset(config)
     train, valid, test = dataset.get_data()
     feature = dataset.get_data_feature()
@@ -45,12 +45,13 @@ def child() -> None:
                       "batches": [len(train), len(valid), len(test)], "num_nodes": feature["num_nodes"]}))
 
 
-def run_once(cold: bool) -> dict:
+def run_once(cold: bool, dataset: str = DATASET) -> dict:
+    """Prepare ``dataset`` in a fresh process (cwd bench/); cold deletes the prepared-data cache first."""
     if cold:
         shutil.rmtree(CACHE_DIR, ignore_errors=True)
     start = time.perf_counter()
     env = {**os.environ, LAUNCHED: repr(time.time())}
-    done = subprocess.run([sys.executable, __file__, "--child"], cwd=BENCH_DIR, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, "--child", dataset], cwd=BENCH_DIR, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"child failed ({done.returncode}):\n{done.stderr}")
@@ -79,10 +80,10 @@ def summarise(runs: dict[str, list[dict]]) -> tuple[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs per mode (default 5)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", metavar="DATASET", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child()
+        return child(args.child)
     require_dataset()
     runs: dict[str, list[dict]] = {"cold": [], "cached": []}
     for i in range(args.repeats):

@@ -1,20 +1,19 @@
-"""Datasets, found by name through DATASETS."""
+"""Datasets, found by name through DATASETS.
+
+The names below are imported on first use, so that the data tools that need no PyTorch
+(``python -m libtraffic.data.convert``, ``python -m libtraffic.data.synthetic``) start quickly.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from libtraffic.data.dataset import TrafficStatePointDataset
-from libtraffic.data.prepared import PreparedData
-from libtraffic.utils.registry import lookup
-
-DATASETS = {"TrafficStatePointDataset": TrafficStatePointDataset}
-
-
-def get_dataset(config: Mapping[str, Any], prepared: PreparedData | None = None) -> TrafficStatePointDataset:
-    cls = lookup(DATASETS, config["dataset_class"], "dataset_class", where="--dataset_class / task_config.json")
-    return cls(config, prepared)
-
-
 __all__ = ["DATASETS", "PreparedData", "TrafficStatePointDataset", "get_dataset"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'libtraffic.data' has no attribute {name!r}")
+    from libtraffic.data import datasets
+
+    return getattr(datasets, name)

@@ -18,16 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import secrets
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from libtraffic.data.atomic_write import (
+    DISTANCE_KERNEL, check_dataset_name, dyna_chunks, geo_text, rel_text, time_texts, write_atomically,
+)
+from libtraffic.data.atomic_write import dataset_config as atomic_config
 from libtraffic.utils.errors import LibTrafficError
 
 logger = logging.getLogger(__name__)
@@ -47,9 +49,6 @@ MAX_NODES = 10_000  # the network is built from dense (N, N) distance matrices
 MIN_SPEED, MAX_SPEED = 5.0, 75.0
 EARTH_RADIUS_M = 6_371_000.0
 
-DYNA_HEADER = "dyna_id,type,time,entity_id,traffic_speed\n"
-GEO_HEADER = "geo_id,type,coordinates\n"
-REL_HEADER = "rel_id,type,origin_id,destination_id,cost\n"
 
 
 @dataclass(frozen=True)
@@ -231,39 +230,7 @@ def generate_speeds(num_nodes: int, num_days: int, seed: int = 0, missing_rate: 
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic files. The .dyna text is assembled as bytes with NumPy: 7.1 M rows in a few seconds.
-
-
-def _digits(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Decimal text of non-negative ints: (M, width) uint8 left-aligned, and (M,) lengths."""
-    width = len(str(int(values.max()))) if len(values) else 1
-    lengths = np.ones(len(values), dtype=np.int64)
-    for power in range(1, width):
-        lengths += values >= 10**power
-    exponent = lengths[:, None] - 1 - np.arange(width)
-    digits = values[:, None] // 10 ** np.maximum(exponent, 0) % 10
-    return np.where(exponent >= 0, digits + ord("0"), 0).astype(np.uint8), lengths
-
-
-def _fixed(text: np.ndarray | bytes, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """A bytes constant or an (M,) fixed-width 'S' array as (M, width) uint8 and (M,) lengths."""
-    if isinstance(text, bytes):
-        matrix = np.broadcast_to(np.frombuffer(text, dtype=np.uint8), (rows, len(text)))
-        return matrix, np.full(rows, len(text))
-    matrix = text.view(np.uint8).reshape(rows, text.itemsize)
-    return matrix, (matrix != 0).sum(axis=1)
-
-
-def _join_rows(fields: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Concatenate per-row fields (matrix (M, w) uint8 NUL-padded, lengths (M,)) into one buffer."""
-    row_length = sum(lengths for _, lengths in fields)
-    cursor = np.cumsum(row_length) - row_length
-    out = np.empty(int(row_length.sum()), dtype=np.uint8)
-    for matrix, lengths in fields:
-        used = np.arange(matrix.shape[1]) < lengths[:, None]
-        out[(cursor[:, None] + np.arange(matrix.shape[1]))[used]] = matrix[used]
-        cursor = cursor + lengths
-    return out
+# Atomic files (written with libtraffic.data.atomic_write: 7.1 M .dyna rows in a few seconds).
 
 
 def _speed_table(max_millis: int) -> np.ndarray:
@@ -273,74 +240,19 @@ def _speed_table(max_millis: int) -> np.ndarray:
 
 def _dyna_chunks(data: SyntheticData) -> Iterator[bytes | np.ndarray]:
     """The .dyna file as byte buffers: the header, then one buffer per sensor (all its times)."""
-    yield DYNA_HEADER.encode()
-    num_steps = data.speeds.shape[0]
-    times = np.datetime_as_string(START_TIME + np.arange(num_steps) * STEP_SECONDS, unit="s")
-    time_field = _fixed(np.char.add(times, "Z").astype("S"), num_steps)
     millis = np.rint(data.speeds.astype(np.float64) * 1000).astype(np.int64)
-    table = _speed_table(int(millis.max()))
-    for node, sensor in enumerate(data.sensor_ids):
-        dyna_ids = np.arange(node * num_steps, (node + 1) * num_steps)
-        yield _join_rows([
-            _digits(dyna_ids),
-            _fixed(b",state,", num_steps),
-            time_field,
-            _fixed(b",%d," % sensor, num_steps),
-            _fixed(table[millis[:, node]], num_steps),
-            _fixed(b"\n", num_steps),
-        ])
-
-
-def _geo_text(data: SyntheticData) -> str:
-    rows = (
-        f'{sensor},Point,"{json.dumps([float(lon), float(lat)])}"\n'
-        for sensor, (lon, lat) in zip(data.sensor_ids, data.coordinates)
-    )
-    return GEO_HEADER + "".join(rows)
+    times = time_texts(START_TIME, data.speeds.shape[0], STEP_SECONDS)
+    return dyna_chunks(data.sensor_ids, times, millis[:, :, None], _speed_table(int(millis.max())), ["traffic_speed"])
 
 
 def _rel_text(data: SyntheticData) -> str:
     ids = data.sensor_ids
-    rows = (
-        f"{rel_id},geo,{ids[origin]},{ids[dest]},{float(cost)!r}\n"
-        for rel_id, ((origin, dest), cost) in enumerate(zip(data.edge_index, data.edge_cost))
-    )
-    return REL_HEADER + "".join(rows)
+    return rel_text(ids[data.edge_index[:, 0]], ids[data.edge_index[:, 1]], data.edge_cost, "cost")
 
 
 def dataset_config(name: str) -> dict:
     """The dataset's config.json content, as METR_LA's."""
-    return {
-        "geo": {"including_types": ["Point"], "Point": {}},
-        "rel": {"including_types": ["geo"], "geo": {"cost": "num"}},
-        "dyna": {"including_types": ["state"], "state": {"entity_id": "geo_id", "traffic_speed": "num"}},
-        "info": {
-            "data_col": ["traffic_speed"],
-            "weight_col": "cost",
-            "data_files": [name],
-            "geo_file": name,
-            "rel_file": name,
-            "output_dim": 1,
-            "time_intervals": STEP_SECONDS,
-            "init_weight_inf_or_zero": "inf",
-            "set_weight_link_or_dist": "dist",
-            "calculate_weight_adj": True,
-            "weight_adj_epsilon": 0.1,
-        },
-    }
-
-
-def _write_atomically(path: Path, chunks: Iterable[bytes | np.ndarray]) -> None:
-    """Write to a temporary file next to ``path``, then rename: never a half-written ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    return atomic_config(name, ["traffic_speed"], "cost", STEP_SECONDS, DISTANCE_KERNEL)
 
 
 def write_synthetic_dataset(
@@ -357,8 +269,7 @@ def write_synthetic_dataset(
     Refuses to replace a folder that already holds a .dyna file unless ``overwrite``. The .dyna is
     written last, so its presence means the dataset is complete.
     """
-    if not name or Path(name).name != name or name in {".", ".."}:
-        raise LibTrafficError(f"Dataset name {name!r} must be a plain folder name, like SYNTH_LA.")
+    check_dataset_name(name)
     folder = Path(output_dir) / name
     existing = sorted(folder.glob("*.dyna")) if folder.is_dir() else []
     if existing and not overwrite:
@@ -370,10 +281,10 @@ def write_synthetic_dataset(
     config_text = json.dumps(dataset_config(name), indent=2) + "\n"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(folder / f"{name}.geo", [_geo_text(data).encode()])
-        _write_atomically(folder / f"{name}.rel", [_rel_text(data).encode()])
-        _write_atomically(folder / "config.json", [config_text.encode()])
-        _write_atomically(folder / f"{name}.dyna", _dyna_chunks(data))
+        write_atomically(folder / f"{name}.geo", [geo_text(data.sensor_ids, data.coordinates).encode()])
+        write_atomically(folder / f"{name}.rel", [_rel_text(data).encode()])
+        write_atomically(folder / "config.json", [config_text.encode()])
+        write_atomically(folder / f"{name}.dyna", _dyna_chunks(data))
     except OSError as err:
         raise LibTrafficError(f"Cannot write the dataset into {folder}: {err}") from err
     return folder
