@@ -134,7 +134,7 @@ def convert(cwd: Path, *args) -> subprocess.CompletedProcess:
 
 def loaded(dataset: str, **flags):
     """The prepared data our loader builds for --dataset (cwd is the working directory)."""
-    flags = {"cache_dataset": False, "scaler": "none", **flags}
+    flags = {"cache_dataset": False, "scaler": "none", "add_time_in_day": False, **flags}  # readings only
     return prepare_data(ConfigParser("traffic_state_pred", "GRU", dataset, other_args=flags))
 
 
