@@ -146,11 +146,13 @@ class TrafficStateEvaluator:
         """A text table of ``result`` for the terminal: horizons by metrics, 4 decimals."""
         return self._frame(result).to_string(float_format=lambda v: f"{v:.4f}")
 
-    def save_result(self, save_path: str | Path, filename: str | None = None) -> list[Path]:
+    def save_result(self, save_path: str | Path, filename: str | None = None,
+                    result: Mapping[str, float] | None = None) -> list[Path]:
         """Evaluate and write ``<filename>.csv`` and/or ``<filename>.json`` (per ``save_mode``)
         into ``save_path`` (created if missing). The default filename is
-        ``<YYYY_MM_DD_HH_MM_SS>_<model>_<dataset>``. Logs the table; returns the written paths."""
-        result = self.evaluate()
+        ``<YYYY_MM_DD_HH_MM_SS>_<model>_<dataset>``. ``result``: what evaluate() returned, if the caller
+        has it (scoring METR_LA's test split takes seconds). Logs the table; returns the written paths."""
+        result = self.evaluate() if result is None else result
         save_dir = Path(save_path)
         save_dir.mkdir(parents=True, exist_ok=True)
         if filename is None:

@@ -322,7 +322,7 @@ class TrafficStateExecutor:
         self.evaluator.clear()
         self.evaluator.collect({"y_true": y_true, "y_pred": y_pred})
         result = self.evaluator.evaluate()
-        self.evaluator.save_result(folder, name)  # also logs the metrics table
+        self.evaluator.save_result(folder, name, result)  # also logs the metrics table
         return result
 
 

@@ -55,10 +55,13 @@ def _masked_mean(
     for training losses, so a batch of missing readings teaches nothing instead of failing.
     """
     keep = _keep_mask(labels, null_val, min_label)
-    # Ignored entries are swapped for a harmless constant before the error is taken: a
-    # where() after the fact would still let a NaN/inf local gradient poison backward.
-    one = torch.ones((), dtype=preds.dtype, device=preds.device)
-    values = error(torch.where(keep, preds, one), torch.where(keep, labels, one))
+    if preds.requires_grad and torch.is_grad_enabled():
+        # Ignored entries are swapped for a harmless constant before the error is taken: a
+        # where() after the fact would still let a NaN/inf local gradient poison backward.
+        one = torch.ones((), dtype=preds.dtype, device=preds.device)
+        values = error(torch.where(keep, preds, one), torch.where(keep, labels, one))
+    else:  # scoring: no backward, so the where() below suffices (and scoring METR_LA is 2x faster)
+        values = error(preds, labels)
     count = keep.sum()
     total = torch.where(keep, values, torch.zeros_like(values)).sum()
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, empty))
