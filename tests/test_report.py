@@ -46,7 +46,8 @@ def finished(records: list[dict]) -> list[dict]:
 
 def test_history_is_each_trial_and_the_cumulative_min(records, exp_folder):
     ax = figures.history(load_experiment("e1")).axes[0]
-    order = sorted(records, key=lambda r: r["trial_id"])
+    order = sorted(records, key=lambda r: r["started"])
+    assert order != sorted(records, key=lambda r: r["trial_id"])  # the ids are random, as with Ray's searchers
     losses = np.array([r["best_loss"] for r in order], dtype=float)  # NaN for the failed trial
     running = by_label(ax, "running best").get_ydata()
     expected = [min([v for v in losses[: i + 1] if not math.isnan(v)], default=math.nan) for i in range(len(losses))]
@@ -58,6 +59,19 @@ def test_history_is_each_trial_and_the_cumulative_min(records, exp_folder):
         assert list(zip(points.get_xdata(), points.get_ydata())) == chosen
     assert list(by_label(ax, "failed (no loss)").get_xdata()) == [i + 1 for i, r in enumerate(order)
                                                                   if r["status"] == "ERROR"]
+    assert ax.get_xlabel() == "trial, in the order it started"
+
+
+def test_history_without_start_times_is_by_trial_id_with_a_note(records, exp_folder):
+    for r in records:
+        del r["started"]
+    (exp_folder / RESULTS_FILE).write_text(json.dumps(records))
+    exp = load_experiment("e1")
+    ax = figures.history(exp).axes[0]
+    assert ax.get_xlabel() == "trial, by trial id" and "by trial id" in " ".join(exp.notes)
+    done = by_label(ax, "trial (done)")
+    by_id = sorted(records, key=lambda r: r["trial_id"])
+    assert list(done.get_xdata()) == [i + 1 for i, r in enumerate(by_id) if r["status"] == "DONE"]
 
 
 def test_learning_curves_have_each_trials_epochs(records, exp_folder):
@@ -195,7 +209,7 @@ def test_final_seeds_block_is_mean_and_std_per_horizon(records, exp_folder):
     runs = [{"seed": s, "test": {f"masked_{m}@{h}": h + s * 0.1 for m in ("MAE", "MAPE", "RMSE") for h in (1, 2)}}
             for s in (1, 2, 3)]
     (exp_folder / RESULTS_FILE).write_text(json.dumps({"trials": records, "final_seeds": [
-        {"trial_id": "a1b2c_00003", "config": {"hidden_size": 32}, "runs": runs}]}))
+        {"trial_id": records[0]["trial_id"], "config": {"hidden_size": 32}, "runs": runs}]}))
     page = write_report("e1").read_text()
     assert "<h2>Best configurations retrained with fresh seeds</h2>" in page
     values = np.array([1.1, 1.2, 1.3])

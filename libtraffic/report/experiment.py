@@ -57,9 +57,17 @@ class Experiment:
     time_intervals: int = DEFAULT_TIME_INTERVALS
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def start_known(self) -> bool:
+        """Whether every record has its start time (unix seconds, key ``started``)."""
+        return bool(self.trials) and all(_finite(r.get("started")) for r in self.trials)
+
     @cached_property
     def ordered(self) -> list[dict[str, Any]]:
-        """Trials in the order Ray created them (its trial ids end in a running number)."""
+        """Trials by start time when the records have it, else by trial id (creation order for BasicSearch,
+        whose ids end in a running number; the other searchers' ids are random)."""
+        if self.start_known:
+            return sorted(self.trials, key=lambda r: (r["started"], str(r["trial_id"])))
         return sorted(self.trials, key=lambda r: str(r["trial_id"]))
 
     @cached_property
@@ -123,6 +131,9 @@ def _read_results(exp: Experiment) -> None:
         raise LibTrafficError(f"{path} is not a tuning results file: expected a list of trial records "
                               "with 'trial_id', 'config', 'best_loss', 'loss_curve'.")
     exp.trials = trials
+    if trials and not exp.start_known:
+        exp.notes.append("The trial records have no start time: the optimisation history shows trials by trial "
+                         "id, which is their creation order for BasicSearch only.")
     exp.final_seeds = list(raw.get("final_seeds") or []) if isinstance(raw, dict) else []
 
 

@@ -66,7 +66,8 @@ def history(exp: Experiment) -> Figure:
     if failed:
         ax.plot(x[failed], [np.nanmin(losses)] * len(failed), "x", color="grey", label="failed (no loss)")
     _spread_log(ax, list(losses[np.isfinite(losses)]))
-    ax.set(xlabel="trial (in the order it was created)", ylabel="best validation loss",
+    ax.set(xlabel="trial, in the order it started" if exp.start_known else "trial, by trial id",
+           ylabel="best validation loss",
            title="Optimisation history")
     ax.legend()
     return fig

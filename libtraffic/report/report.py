@@ -39,8 +39,9 @@ class Panel:
 
 
 PANELS: dict[str, Panel] = {
-    "history": Panel("Optimisation history", "Each trial's best validation loss, in the order the trials were "
-                     "created, and the running best (the lowest loss found so far).", figures.history),
+    "history": Panel("Optimisation history", "Each trial's best validation loss, in the order the trials started "
+                     "(see the note above if unknown), and the running best: the lowest loss found so far.",
+                     figures.history),
     "curves": Panel("Learning curves", "Validation loss per epoch of every trial. Early-stopped trials (dashed) "
                     "end sooner; the best trial is drawn thick in red.", figures.curves),
     "parameters": Panel("Tuned parameters", "Each tuned parameter's value against the trial's best validation "

@@ -33,7 +33,9 @@ def _trial(i: int, rng: np.random.Generator, max_epoch: int) -> dict[str, Any]:
     epochs = 0 if status == "ERROR" else (max_epoch if status == "DONE" else int(rng.integers(1, max_epoch)))
     curve = [float(floor + 3.0 * math.exp(-0.5 * e) + rng.normal(0, 0.02)) for e in range(epochs)]
     best = int(np.argmin(curve)) if curve else None
-    return {"trial_id": f"a1b2c_{i:05d}", "config": config, "seed": 1000 + i, "status": status,
+    # random ids as Ray's searchers give; started (unix seconds) in creation order
+    return {"trial_id": f"{int(rng.integers(16 ** 8)):08x}", "started": 1_764_331_200.0 + 7 * i,
+            "config": config, "seed": 1000 + i, "status": status,
             "epochs_run": epochs, "best_epoch": best, "best_loss": curve[best] if curve else math.nan,
             "loss_curve": curve, "epoch_seconds": [1.5] * epochs, "wall_time_s": 1.5 * epochs + 2.0,
             "error": "ValueError: dropout must be in [0, 1)" if status == "ERROR" else ""}
