@@ -143,12 +143,16 @@ def test_metrics_per_horizon_against_minutes_ahead(records, exp_folder):
 
 def test_predictions_over_a_day_for_low_median_high_error_sensors(records, exp_folder):
     exp = load_experiment("e1")
+    exp.predictions.truth[5, 0, 0, 0] = 0.0  # a missing reading: a gap, left out of the sensor's error
+    errors = np.abs(exp.predictions.prediction[:288, 0, :, 0] - exp.predictions.truth[:288, 0, :, 0])
+    errors = np.array([np.delete(errors[:, k], 5).mean() if k == 0 else errors[:, k].mean() for k in range(7)])
     axes = figures.predictions(exp).axes
     # synthetic noise grows with the sensor index: lowest, median and highest error are 0, 3, 6
     assert [ax.get_title().split(" ")[2] for ax in axes] == ["0", "3", "6"]
+    assert axes[0].get_title() == f"sensor index 0 (1-step MAE {errors[0]:.3g})"
     pred, truth = exp.predictions.prediction, exp.predictions.truth
     for ax, node in zip(axes, (0, 3, 6)):
-        np.testing.assert_allclose(by_label(ax, "true").get_ydata(), truth[:288, 0, node, 0])
+        np.testing.assert_allclose(by_label(ax, "true").get_ydata(), np.where(truth == 0, np.nan, truth)[:288, 0, node, 0])
         np.testing.assert_allclose(by_label(ax, "predicted 5 min ahead").get_ydata(), pred[:288, 0, node, 0])
         late = by_label(ax, "predicted 60 min ahead").get_ydata()
         assert np.isnan(late[:11]).all()

@@ -241,13 +241,17 @@ def chosen_sensors(errors: np.ndarray, count: int = 3) -> list[int]:
 
 
 def predictions(exp: Experiment) -> Figure:
-    """True vs predicted first feature over (up to) one day of the test split for three sensors."""
+    """True vs predicted first feature over (up to) one day of the test split for three sensors;
+    true zeros are missing readings (as for the masked metrics) and are left as gaps."""
     if exp.predictions is None:
         raise Skip("No predictions file (*_predictions.npz) in evaluate_cache: nothing to compare.")
-    pred, truth = exp.predictions.prediction, exp.predictions.truth
+    pred = exp.predictions.prediction
+    truth = np.where(exp.predictions.truth == 0, np.nan, exp.predictions.truth)  # 0 = missing, as masked metrics
     steps = min(len(truth), max(1, 86400 // exp.time_intervals))
     horizon = pred.shape[1]
-    errors = np.nanmean(np.abs(pred[:steps, 0, :, 0] - truth[:steps, 0, :, 0]), axis=0)
+    with np.errstate(all="ignore"):
+        errors = np.nanmean(np.abs(pred[:steps, 0, :, 0] - truth[:steps, 0, :, 0]), axis=0)
+    errors = np.nan_to_num(errors, nan=np.inf)  # a sensor missing all day ranks last
     sensors = chosen_sensors(errors)
     hours = np.arange(steps) * exp.time_intervals / 3600
     fig, axes = plt.subplots(len(sensors), 1, figsize=(9, 2.4 * len(sensors)), sharex=True, squeeze=False)

@@ -65,7 +65,8 @@ PANELS: dict[str, Panel] = {
                           figures.horizon_metrics, tables.metrics_table),
     "predictions": Panel("Predicted vs true", "Up to one day of the test split for the sensors with the "
                          "lowest, median and highest one-step error: the true values, the prediction made one "
-                         "step ahead and the one made the full output window ahead.", figures.predictions),
+                         "step ahead and the one made the full output window ahead. Missing readings (zeros) are gaps.",
+                         figures.predictions),
     "final_seeds": Panel("Best configurations retrained with fresh seeds",
                          "Test metrics per horizon as mean ± standard deviation over the seeds: if the tuning "
                          "winner's own test error lies well below this mean, its seed was lucky.",

@@ -47,7 +47,8 @@ def metrics_table(exp: Experiment) -> str:
     if exp.metrics is None:
         raise Skip("No test-metrics file.")
     table = exp.metrics.copy()
-    table.insert(0, "minutes ahead", (np.asarray(table.index) * exp.time_intervals / 60).round(1))
+    minutes = np.asarray(table.index) * exp.time_intervals / 60
+    table.insert(0, "minutes ahead", [f"{m:g}" for m in minutes])
     return table.to_html(float_format=lambda v: f"{v:.4f}", classes="metrics", border=0)
 
 
