@@ -238,3 +238,34 @@ def test_a_failing_report_does_not_fail_the_tuning_run(workdir, exp_folder, caps
     out = capsys.readouterr().out
     assert "The tuning report could not be written" in out and "python -m libtraffic.report --exp_id e1" in out
     assert (exp_folder / RESULTS_FILE).read_text() == "[{broken"  # nothing the run wrote is touched
+
+
+def test_importance_takes_every_space_type_with_values_ray_samples(workdir, exp_folder):
+    """Each space-file type becomes an Optuna distribution that holds the values Ray draws from it."""
+    from ray import tune as ray_tune
+
+    from libtraffic.pipeline.search_space import SPACE_TYPES
+    from libtraffic.report.importance import DISTRIBUTIONS, distribution
+
+    entries = {"a": {"type": "uniform", "lower": 0.1, "upper": 0.5}, "b": {"type": "loguniform", "lower": 1e-4, "upper": 1e-1},
+               "c": {"type": "quniform", "lower": 0.1, "upper": 0.5, "q": 0.1}, "d": {"type": "randn", "mean": 0, "sd": 1},
+               "e": {"type": "randint", "lower": 1, "upper": 4}, "f": {"type": "qrandint", "lower": 2, "upper": 8, "q": 2},
+               "g": {"type": "lograndint", "lower": 1, "upper": 64}, "h": {"type": "choice", "list": ["x", [1, 2], 3]},
+               "i": {"type": "grid_search", "list": [True, False]}}
+    assert set(DISTRIBUTIONS) == set(SPACE_TYPES) == {e["type"] for e in entries.values()}
+    rng = np.random.default_rng(0)
+    domains = {k: SPACE_TYPES[e["type"]].build(e) for k, e in entries.items()}
+    records = []
+    for i in range(12):
+        config = {k: (e["list"][i % len(e["list"])] if e["type"] == "grid_search" else domains[k].sample(random_state=rng))
+                  for k, e in entries.items()}
+        config = {k: v.item() if hasattr(v, "item") else v for k, v in config.items()}
+        records.append({"trial_id": f"t{i:02d}", "config": config, "status": "DONE", "best_loss": 1.0 + config["a"],
+                        "loss_curve": [1.0 + config["a"]], "epochs_run": 1})
+    exp_folder.mkdir(parents=True)
+    (exp_folder / RESULTS_FILE).write_text(json.dumps(records))
+    (exp_folder / SETTINGS_FILE).write_text(json.dumps({"space": entries}))
+    exp = load_experiment("e1")
+    assert distribution(exp, "b").log and distribution(exp, "g").log and not distribution(exp, "a").log
+    scores = figures.importance(exp)  # Optuna's create_trial refuses a value outside its distribution
+    assert set(scores) == set(entries) and max(scores, key=scores.get) == "a"  # the loss is 1 + a
