@@ -199,6 +199,19 @@ def test_few_trials_skip_panels_with_notes(workdir, exp_folder):
     assert not (exp_folder / "hyper_tune_report" / "parallel.png").exists()  # a stale figure is removed
 
 
+def test_one_trial_shows_its_curve_and_metrics_and_notes_the_rest(workdir, exp_folder):
+    records = write_synthetic_experiment(exp_folder, trials=1)
+    page = write_report("e1").read_text()
+    assert records[0]["status"] == "DONE"
+    for note in ("Fewer than two trials reported a validation loss", "Every finished trial used the same values",
+                 "Parallel coordinates need at least two tuned parameters and two finished trials",
+                 "Importance needs at least two tuned parameters"):
+        assert note in page
+    assert sorted(p.stem for p in (exp_folder / "hyper_tune_report").glob("*.png")) == [
+        "curves", "predictions", "test_metrics"]
+    assert len(decoded_images(page)) == 3
+
+
 def test_interrupted_experiment_draws_what_exists(workdir, exp_folder):
     write_synthetic_experiment(exp_folder, trials=6)
     for path in [*exp_folder.glob("*_best_config.json"), *(exp_folder / "evaluate_cache").iterdir()]:

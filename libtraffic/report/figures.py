@@ -50,8 +50,8 @@ def _spread_log(ax, values: list[float], axis: str = "y") -> None:
 
 def history(exp: Experiment) -> Figure:
     """Best validation loss of each trial in creation order, and the running best (cumulative min)."""
-    if not exp.finished:
-        raise Skip("No trial reported a validation loss.")
+    if len(exp.finished) < 2:
+        raise Skip("Fewer than two trials reported a validation loss: there is no history to show.")
     order = exp.ordered
     x = np.arange(1, len(order) + 1)
     finished = {id(r) for r in exp.finished}
