@@ -258,7 +258,7 @@ def test_importance_takes_every_space_type_with_values_ray_samples(workdir, exp_
     from ray import tune as ray_tune
 
     from libtraffic.pipeline.search_space import SPACE_TYPES
-    from libtraffic.report.importance import DISTRIBUTIONS, distribution
+    from libtraffic.report.importance import DISTRIBUTIONS, distribution, importance
 
     entries = {"a": {"type": "uniform", "lower": 0.1, "upper": 0.5}, "b": {"type": "loguniform", "lower": 1e-4, "upper": 1e-1},
                "c": {"type": "quniform", "lower": 0.1, "upper": 0.5, "q": 0.1}, "d": {"type": "randn", "mean": 0, "sd": 1},
@@ -280,5 +280,5 @@ def test_importance_takes_every_space_type_with_values_ray_samples(workdir, exp_
     (exp_folder / SETTINGS_FILE).write_text(json.dumps({"space": entries}))
     exp = load_experiment("e1")
     assert distribution(exp, "b").log and distribution(exp, "g").log and not distribution(exp, "a").log
-    scores = figures.importance(exp)  # Optuna's create_trial refuses a value outside its distribution
+    scores = importance(exp)  # Optuna's create_trial refuses a value outside its distribution
     assert set(scores) == set(entries) and max(scores, key=scores.get) == "a"  # the loss is 1 + a
