@@ -1,4 +1,5 @@
-"""An experiment folder read back for the report: only files in libtraffic/cache/<exp_id>/.
+"""An experiment folder read back for the report: the files in libtraffic/cache/<exp_id>/ (never Ray
+objects), plus the dataset's config.json for its time_intervals when the settings do not fix it.
 
 Every file is optional (an interrupted experiment has only some of them); what is missing is
 collected in ``notes`` so the report can say so instead of failing.
