@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -13,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.image as mpimg
+import pandas as pd
 import pytest
 import torch
 
@@ -23,6 +27,7 @@ DATASET = "TUNE_TINY"
 TIMEOUT = 400
 # A test-only local cluster; token auth would make the drivers' connections fail.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # renders the tuning report
 
 
 @pytest.fixture(scope="module")
@@ -274,8 +279,6 @@ def test_optuna_resumes_without_repeating_trials(workdir, ray_cluster):
 
 def _running_intervals(ray_dir: Path) -> list[tuple[float, float]]:
     """(start, end) wall-clock seconds of each trial, from Ray's per-trial progress.csv."""
-    import pandas as pd
-
     spans = []
     for progress in ray_dir.glob("train_trial_*/progress.csv"):
         df = pd.read_csv(progress)
@@ -291,8 +294,6 @@ def _chromium(html: Path, tmp: Path, *mode: str) -> subprocess.CompletedProcess:
     assert out.returncode == 0, out.stderr[-2000:]
     return out
 
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def test_optuna_two_at_once_then_the_report_renders_in_a_browser(workdir, ray_cluster, tmp_path):
@@ -329,11 +330,6 @@ def test_optuna_two_at_once_then_the_report_renders_in_a_browser(workdir, ray_cl
                   "Test metrics per horizon", "Predicted vs true", "Parameter importance (fANOVA)"):
         assert f"<h2>{title}</h2>" in dom
     assert "Importance needs at least 5 finished trials" in dom  # three trials: a note, not an empty plot
-    import base64
-    import io
-
-    import matplotlib.image as mpimg
-
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dom)
     assert len(images) == 6
     for data in images:
