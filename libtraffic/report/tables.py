@@ -38,7 +38,7 @@ def best_trial(exp: Experiment) -> dict[str, Any]:
         return {"best trial": "none: no trial reported a validation loss"}
     return {"best trial": best["trial_id"], "config": best["config"], "best validation loss": f"{best['best_loss']:.6g}",
             "best epoch": f"{best.get('best_epoch')} of {best.get('epochs_run')} run ({best.get('status')})",
-            "trial seed": best.get("seed"),
+            "trial seed": best.get("seed"), **({"node": best["node"]} if best.get("node") else {}),
             "best-config file": exp.best_config_path.name if exp.best_config_path else "missing"}
 
 
