@@ -8,7 +8,7 @@ import sys
 from libtraffic.utils.cli import (GENERAL_ARGUMENTS, add_general_arguments, base_parser, collect_overrides,
                                   extra_config_args, run_cli, str2bool)
 
-EPILOG = """Search alg: BasicSearch (random/grid), HyperOpt, BayesOptSearch. Scheduler: FIFO, ASHA,
+EPILOG = """Search alg: BasicSearch (random/grid), HyperOpt, BayesOptSearch, OptunaSearch (TPE). Scheduler: FIFO, ASHA,
 MedianStoppingRule, HyperBand. Values from the space file win over every other setting.
 Any other config key can be fixed as --key value (e.g. --input_window 6)."""
 
@@ -19,7 +19,7 @@ def main() -> None:
                         help="search space JSON: NAME (./NAME.json) or a path (default hyper_example, as LibCity: "
                              "learning_rate in 0.01 / 0.005 / 0.001)")
     parser.add_argument("--scheduler", type=str, default="FIFO", help="FIFO, ASHA, MedianStoppingRule or HyperBand")
-    parser.add_argument("--search_alg", type=str, default="BasicSearch", help="BasicSearch, HyperOpt or BayesOptSearch")
+    parser.add_argument("--search_alg", type=str, default="BasicSearch", help="BasicSearch, HyperOpt, BayesOptSearch or OptunaSearch")
     parser.add_argument("--num_samples", type=int, default=5, help="number of sampled trials (times each grid point)")
     parser.add_argument("--max_concurrent", type=int, default=1, help="trials running at once")
     parser.add_argument("--cpu_per_trial", type=int, default=1, help="CPUs (torch threads) per trial")

@@ -28,6 +28,7 @@ Written by the scripts in bench/, each refreshing only its own section. From the
     python bench/bench_data.py    # data preparation, cold and cached, in fresh processes
     python bench/bench_train.py   # one training epoch, rnn_impl plain vs fast
     python bench/check_fast.py    # fast == plain (outputs and gradients) over many configurations
+    PYTHONPATH=. python bench/bench_report.py  # the tuning report's time for 50 trials
 
 Timings on a shared 2-core machine are noisy: compare medians, and look at the load average noted
 with each section.

@@ -665,3 +665,29 @@ def test_quniform_bounds_not_multiples_of_q_are_user_errors(config: ConfigParser
 def test_qrandint_without_any_multiple_of_q_is_refused(config: ConfigParser) -> None:
     load_error(config, {"max_epoch": {"type": "qrandint", "lower": 1, "upper": 10, "q": 20}},
                r"entry 'max_epoch' \(qrandint\)")
+
+
+@pytest.mark.parametrize(("entry", "suggestion"), [
+    ({"type": "grid_search", "list": [0.1, 0.2]}, r"Use --search_alg BasicSearch, or change those entries\."),
+    ({"type": "randn", "mean": 0.3, "sd": 0.1}, r"Use --search_alg BasicSearch or HyperOpt, or change those entries\."),
+])
+def test_optuna_explains_what_it_cannot_handle(config: ConfigParser, entry: dict, suggestion: str) -> None:
+    load_error(config, {"dropout": entry}, rf"--search_alg OptunaSearch cannot handle 'dropout' \({entry['type']}\): "
+               r"Optuna's TPE samples adaptively", suggestion, search_alg="OptunaSearch")
+
+
+def test_optuna_takes_every_other_space_type(config: ConfigParser) -> None:
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = load(config, {
+        "learning_rate": {"type": "loguniform", "lower": 1e-4, "upper": 1e-2},
+        "dropout": {"type": "quniform", "lower": 0.1, "upper": 0.5, "q": 0.1},
+        "weight_decay": {"type": "uniform", "lower": 0.0, "upper": 0.1},
+        "hidden_size": {"type": "lograndint", "lower": 8, "upper": 64},
+        "num_layers": {"type": "randint", "lower": 1, "upper": 3},
+        "batch_size": {"type": "qrandint", "lower": 16, "upper": 64, "q": 16},
+        "max_epoch": {"type": "choice", "list": [2, 3]},
+    }, "OptunaSearch")
+    converted = OptunaSearch.convert_search_space(space.param_space)  # Ray's own conversion accepts all of them
+    assert converted["learning_rate"].log and converted["hidden_size"].log
+    assert converted["batch_size"].step == 16 and converted["dropout"].step == pytest.approx(0.1)

@@ -157,7 +157,7 @@ def test_cli_malformed_json(cli) -> None:
 
 def test_cli_unknown_search_alg(cli) -> None:
     assert_user_error(cli("unknown_search_alg"), "Unknown search_alg 'HyperOpts' (from --search_alg).",
-                      "Did you mean 'HyperOpt'?", "Valid values: BasicSearch, BayesOptSearch, HyperOpt.")
+                      "Did you mean 'HyperOpt'?", "Valid values: BasicSearch, BayesOptSearch, HyperOpt, OptunaSearch.")
 
 
 def test_cli_gpu_per_trial_without_gpu_fails_fast(cli) -> None:
@@ -263,7 +263,7 @@ def test_malformed_json(tune_dir: Path) -> None:
                                                   ("BayesOptSearh", "BayesOptSearch"), ("Random", None)])
 def test_unknown_search_alg(tune_dir: Path, name: str, suggestion: str | None) -> None:
     message = tune_error(tune_dir, rf"Unknown search_alg '{name}' \(from --search_alg\)\.",
-                         "Valid values: BasicSearch, BayesOptSearch, HyperOpt.", search_alg=name)
+                         "Valid values: BasicSearch, BayesOptSearch, HyperOpt, OptunaSearch.", search_alg=name)
     assert (f"Did you mean '{suggestion}'?" in message) if suggestion else ("Did you mean" not in message)
 
 

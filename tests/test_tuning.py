@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.image as mpimg
+import pandas as pd
 import pytest
 import torch
 
@@ -22,6 +27,7 @@ DATASET = "TUNE_TINY"
 TIMEOUT = 400
 # A test-only local cluster; token auth would make the drivers' connections fail.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # renders the tuning report
 
 
 @pytest.fixture(scope="module")
@@ -223,28 +229,7 @@ def test_interrupted_run_resumes_without_repeating_trials(workdir, ray_cluster):
         "hidden_size": {"type": "grid_search", "list": [4, 6, 8, 10]},
         "max_epoch": {"type": "choice", "list": [2]},
     })
-    cmd = [sys.executable, str(REPO / "hyper_tune.py"), "--dataset", DATASET, "--space_file", space,
-           "--exp_id", "resume", "--batch_size", "32", "--num_samples", "1"]
-    env = {**os.environ, **RAY_ENV, "RAY_ADDRESS": ray_cluster}
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ray_dir = workdir / "libtraffic" / "cache" / "hyper_tune" / "resume"
-    deadline = time.time() + TIMEOUT
-    first = second = None
-    # Interrupt once the second trial has reported an epoch: by then Ray has recorded the first
-    # as finished in its saved experiment state.
-    while time.time() < deadline and second is None:
-        first = next(iter(ray_dir.glob("train_trial_*_0_*")), None)
-        candidate = next(iter(ray_dir.glob("train_trial_*_1_*")), None)
-        if candidate is not None and (candidate / "progress.csv").is_file() and \
-                len((candidate / "progress.csv").read_text().strip().splitlines()) >= 2:
-            second = candidate
-        time.sleep(0.5)
-    assert first is not None and second is not None, "the second trial never reported"
-    assert len((first / "progress.csv").read_text().strip().splitlines()) == 3
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "--resume --exp_id resume" in stderr
+    first = interrupt_after_second_trial_reports(workdir, ray_cluster, "resume", space, "--num_samples", "1")
     first_progress = (first / "progress.csv").read_text()
 
     out = tune(workdir, ray_cluster, "resume", space, "--num_samples", "1", "--resume")
@@ -253,3 +238,112 @@ def test_interrupted_run_resumes_without_repeating_trials(workdir, ray_cluster):
     assert all(r["epochs_run"] == 2 for r in rows)
     assert (first / "progress.csv").read_text() == first_progress  # the finished trial was not re-run
     assert "Best trial config" in out.stdout
+
+
+def interrupt_after_second_trial_reports(workdir: Path, ray_address: str, exp_id: str, space: str, *args: str) -> Path:
+    """Start hyper_tune.py, Ctrl-C it once its second trial has reported an epoch; returns the first trial's folder."""
+    cmd = [sys.executable, str(REPO / "hyper_tune.py"), "--dataset", DATASET, "--space_file", space,
+           "--exp_id", exp_id, "--batch_size", "32", *args]
+    env = {**os.environ, **RAY_ENV, "RAY_ADDRESS": ray_address}
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ray_dir = workdir / "libtraffic" / "cache" / "hyper_tune" / exp_id
+    deadline = time.time() + TIMEOUT
+    first = second = None
+    # Interrupt once the second trial has reported an epoch: by then Ray has recorded the first
+    # as finished in its saved experiment state.
+    # Ray numbers trial folders from 0 (BasicSearch) or 1 (the other searchers), after the trial id.
+    number = lambda folder: int(re.match(r"train_trial_[^_]+(?:_\d{5})?_(\d+)_", folder.name).group(1))
+    while time.time() < deadline and second is None:
+        trials = sorted(ray_dir.glob("train_trial_*"), key=number)
+        first, candidate = (trials + [None, None])[:2]
+        if candidate is not None and (candidate / "progress.csv").is_file() and \
+                len((candidate / "progress.csv").read_text().strip().splitlines()) >= 2:
+            second = candidate
+        time.sleep(0.5)
+    assert first is not None and second is not None, \
+        f"the second trial never reported: {sorted(p.name for p in ray_dir.glob('*'))}"
+    assert len((first / "progress.csv").read_text().strip().splitlines()) == 3
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert f"--resume --exp_id {exp_id}" in stderr
+    return first
+
+
+def test_optuna_resumes_without_repeating_trials(workdir, ray_cluster):
+    space = write_space(workdir, "optuna_resume", {
+        "learning_rate": {"type": "loguniform", "lower": 0.001, "upper": 0.03},
+        "hidden_size": {"type": "randint", "lower": 4, "upper": 12},
+    })
+    args = ("--search_alg", "OptunaSearch", "--num_samples", "3", "--max_epoch", "2")
+    first = interrupt_after_second_trial_reports(workdir, ray_cluster, "optuna_resume", space, *args)
+    first_progress = (first / "progress.csv").read_text()
+    tune(workdir, ray_cluster, "optuna_resume", space, *args, "--resume")
+    rows = results(workdir, "optuna_resume")
+    assert len(rows) == 3 and all(r["status"] == "DONE" and r["epochs_run"] == 2 for r in rows)
+    assert len({r["config"]["learning_rate"] for r in rows}) == 3  # the restored searcher suggests new points
+    assert (first / "progress.csv").read_text() == first_progress
+
+
+def _running_intervals(ray_dir: Path) -> list[tuple[float, float]]:
+    """(start, end) wall-clock seconds of each trial, from Ray's per-trial progress.csv."""
+    spans = []
+    for progress in ray_dir.glob("train_trial_*/progress.csv"):
+        df = pd.read_csv(progress)
+        spans.append((float(df["timestamp"].iloc[-1] - df["time_total_s"].iloc[-1]), float(df["timestamp"].iloc[-1])))
+    return spans
+
+
+def _chromium(html: Path, tmp: Path, *mode: str) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp / 'chromium-profile'}", "--window-size=1200,4000", *mode, html.as_uri()]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+
+def test_optuna_two_at_once_then_the_report_renders_in_a_browser(workdir, ray_cluster, tmp_path):
+    space = write_space(workdir, "optuna", {
+        "learning_rate": {"type": "loguniform", "lower": 0.001, "upper": 0.03},
+        "hidden_size": {"type": "lograndint", "lower": 4, "upper": 17},
+        "dropout": {"type": "quniform", "lower": 0.0, "upper": 0.4, "q": 0.1},
+        "max_epoch": {"type": "choice", "list": [2]},
+    })
+    out = tune(workdir, ray_cluster, "optuna", space, "--search_alg", "OptunaSearch", "--num_samples", "3",
+               "--max_concurrent", "2", "--seed", "5")
+    rows = results(workdir, "optuna")
+    assert len(rows) == 3 and all(r["status"] == "DONE" for r in rows)
+    assert len({r["config"]["learning_rate"] for r in rows}) == 3
+    for r in rows:
+        assert 0.001 <= r["config"]["learning_rate"] < 0.03 and 4 <= r["config"]["hidden_size"] <= 16
+        assert round(r["config"]["dropout"] * 10, 6).is_integer()
+    spans = sorted(_running_intervals(workdir / "libtraffic" / "cache" / "hyper_tune" / "optuna"))
+    assert len(spans) == 3 and spans[1][0] < spans[0][1]  # the first two trials ran at the same time
+    assert printed_best(out.stdout)[0] == min(rows, key=lambda r: r["best_loss"])["config"]
+    folder = workdir / "libtraffic" / "cache" / "optuna"
+    assert f"Tuning report: {folder / 'hyper_tune_report.html'}" in out.stdout  # written at the end of the run
+
+    report = subprocess.run([sys.executable, "-m", "libtraffic.report", "--exp_id", "optuna"], cwd=workdir,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = folder / "hyper_tune_report.html"
+    assert report.stdout.strip() == f"Tuning report: {html}"
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    dom = _chromium(html, tmp_path, "--dump-dom").stdout
+    for title in ("Optimisation history", "Learning curves", "Tuned parameters", "Parallel coordinates",
+                  "Test metrics per horizon", "Predicted vs true", "Parameter importance (fANOVA)"):
+        assert f"<h2>{title}</h2>" in dom
+    assert "Importance needs at least 5 finished trials" in dom  # three trials: a note, not an empty plot
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dom)
+    assert len(images) == 6
+    for data in images:
+        pixels = mpimg.imread(io.BytesIO(base64.b64decode(data)), format="png")
+        assert pixels.shape[0] > 100 and pixels[..., :3].std() > 0.02  # drawn, not blank
+    shot = tmp_path / "report.png"
+    _chromium(html, tmp_path, f"--screenshot={shot}")
+    pixels = mpimg.imread(shot)
+    assert pixels.shape[:2] == (4000, 1200) and pixels[:2000, ..., :3].std() > 0.05

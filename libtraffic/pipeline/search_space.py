@@ -64,6 +64,8 @@ SEARCHER_LIMITS: dict[str, tuple[set[str], str]] = {
     "BayesOptSearch": ({"uniform"}, "BayesOptSearch models only continuous uniform ranges (Ray would silently "
                        "drop log scales and quantization, and cannot use integers or lists)"),
     "HyperOpt": (set(SPACE_TYPES) - {"grid_search"}, "HyperOpt samples adaptively and cannot enumerate a grid"),
+    "OptunaSearch": (set(SPACE_TYPES) - {"grid_search", "randn"}, "Optuna's TPE samples adaptively, cannot enumerate "
+                     "a grid (a choice entry samples from a list) and has no normal distribution"),
 }
 
 
@@ -224,7 +226,7 @@ def load_search_space(name: str, config: ConfigParser, search_alg: str) -> Searc
             raise LibTrafficError(
                 f"{path}: --search_alg {search_alg} cannot handle {listed}: {reason}. "
                 f"It accepts {', '.join(sorted(allowed))}. Use --search_alg BasicSearch"
-                + (" or HyperOpt" if search_alg == "BayesOptSearch" and "grid_search" not in bad.values() else "")
+                + (" or HyperOpt" if search_alg != "HyperOpt" and "grid_search" not in bad.values() else "")
                 + ", or change those entries."
             )
     param_space = {p: SPACE_TYPES[e["type"]].build(e) for p, e in entries.items()}

@@ -119,6 +119,21 @@ def best_config_file(config: ConfigParser, best: TrialRecord) -> dict[str, Any]:
     return {**user, **best.config, "seed": best.seed}
 
 
+def write_report_safely(exp_id: str | int, logger: logging.Logger) -> None:
+    """Write the HTML report and print its path; a failure is logged and reported, never raised,
+    because the results files it draws from are already saved."""
+    from libtraffic.report import write_report
+
+    try:
+        path = write_report(exp_id)
+    except Exception as err:  # noqa: BLE001 - a drawing bug must not turn a finished search into a failure
+        logger.exception("Could not write the tuning report")
+        print(f"The tuning report could not be written ({type(err).__name__}: {err}); every result above is "
+              f"saved. Retry with: python -m libtraffic.report --exp_id {exp_id}")
+        return
+    print(f"Tuning report: {path}")
+
+
 def finish(config: ConfigParser, space: SearchSpace, results, logger: logging.Logger,
            prepared: PreparedData | None, fit_seconds: float) -> dict[str, Any]:
     records = collect_records(results)
@@ -155,6 +170,7 @@ def finish(config: ConfigParser, space: SearchSpace, results, logger: logging.Lo
     test_result = executor.evaluate(test_data)
     print(f"Best model: {model_file}\nBest config (for run_model.py --config_file): {best_file}\n"
           f"All trials: {written[0]} and {written[1].name}")
+    write_report_safely(config["exp_id"], logger)
     return {"trial_id": best.trial_id, "config": best.config, "loss": best.best_loss, "seed": best.seed,
             "test": test_result, "model_file": str(model_file), "config_file": str(best_file),
             "fit_seconds": fit_seconds, "trials": [asdict(r) for r in records]}

@@ -57,9 +57,18 @@ def _bayesopt(seed: int, max_concurrent: int):
     return _limited(BayesOptSearch(random_state=seed), max_concurrent)
 
 
+def _optuna(seed: int, max_concurrent: int):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per run
+    return _limited(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed)), max_concurrent)
+
+
 # --search_alg name -> searcher factory(seed, max_concurrent); --scheduler name -> factory(max_t).
 # The concurrency limit is part of every searcher (LibCity applied it to HyperOpt/BayesOpt only).
-SEARCHERS: dict[str, Callable[[int, int], Any]] = {"BasicSearch": _basic, "HyperOpt": _hyperopt, "BayesOptSearch": _bayesopt}
+SEARCHERS: dict[str, Callable[[int, int], Any]] = {"BasicSearch": _basic, "HyperOpt": _hyperopt, "BayesOptSearch": _bayesopt,
+                                                   "OptunaSearch": _optuna}
 
 
 def _fifo(max_t: int):

@@ -1,0 +1,189 @@
+"""An experiment folder read back for the report: the files in libtraffic/cache/<exp_id>/ (never Ray
+objects), plus the dataset's config.json for its time_intervals when the settings do not fix it.
+
+Every file is optional (an interrupted experiment has only some of them); what is missing is
+collected in ``notes`` so the report can say so instead of failing.
+
+``hyper_tune_results.json`` is either the list of trial records written by tuning, or an object
+``{"trials": [...], "final_seeds": [...]}`` where each final-seeds entry is
+``{"trial_id": str, "config": {...}, "runs": [{"seed": int, "test": {"MAE@1": float, ...}}, ...]}``
+(the best configurations retrained with fresh seeds; the report shows their test metrics as
+mean ± std per horizon).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from libtraffic.utils import paths
+from libtraffic.utils.errors import LibTrafficError
+from libtraffic.utils.jsonio import load_json
+
+RESULTS_FILE = "hyper_tune_results.json"
+SETTINGS_FILE = "hyper_tune_experiment.json"
+LOG_TYPES = ("loguniform", "lograndint")  # space types drawn on a log axis
+DEFAULT_TIME_INTERVALS = 300
+
+
+@dataclass
+class Predictions:
+    """Test-split predictions of the best model: arrays [samples, output_window, nodes, output_dim]."""
+
+    prediction: np.ndarray
+    truth: np.ndarray
+    path: Path
+
+
+@dataclass
+class Experiment:
+    """What the report draws; each part is None when its file is missing (see ``notes``)."""
+
+    folder: Path
+    exp_id: str
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] | None = None
+    best_config: dict[str, Any] | None = None
+    best_config_path: Path | None = None
+    metrics: pd.DataFrame | None = None
+    metrics_path: Path | None = None
+    predictions: Predictions | None = None
+    final_seeds: list[dict[str, Any]] = field(default_factory=list)
+    time_intervals: int = DEFAULT_TIME_INTERVALS
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def start_known(self) -> bool:
+        """Whether every record has its start time (unix seconds, key ``started``)."""
+        return bool(self.trials) and all(_finite(r.get("started")) for r in self.trials)
+
+    @cached_property
+    def ordered(self) -> list[dict[str, Any]]:
+        """Trials by start time when the records have it, else by trial id (creation order for BasicSearch,
+        whose ids end in a running number; the other searchers' ids are random)."""
+        if self.start_known:
+            return sorted(self.trials, key=lambda r: (r["started"], str(r["trial_id"])))
+        return sorted(self.trials, key=lambda r: str(r["trial_id"]))
+
+    @cached_property
+    def finished(self) -> list[dict[str, Any]]:
+        """Trials with a validation loss (DONE or STOPPED EARLY), best first."""
+        done = [r for r in self.trials if r.get("status") != "ERROR" and _finite(r.get("best_loss"))]
+        return sorted(done, key=lambda r: r["best_loss"])
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.finished[0] if self.finished else None
+
+    @cached_property
+    def space(self) -> dict[str, dict]:
+        """Space-file entries by parameter; inferred as untyped entries when the settings file is missing."""
+        if self.settings and isinstance(self.settings.get("space"), dict):
+            return self.settings["space"]
+        names: dict[str, dict] = {}
+        for record in self.trials:
+            for key in record.get("config", {}):
+                names.setdefault(key, {})
+        return names
+
+    @property
+    def params(self) -> list[str]:
+        """Tuned parameters that took more than one value among the finished trials."""
+        return [p for p in self.space if len({repr(r["config"].get(p)) for r in self.finished}) > 1]
+
+    def is_log(self, param: str) -> bool:
+        return self.space.get(param, {}).get("type") in LOG_TYPES
+
+    def describe(self, key: str, default: str = "unknown") -> str:
+        """A setting from the settings file (or the best-config file name) for the header."""
+        if self.settings and self.settings.get(key) is not None:
+            return str(self.settings[key])
+        if key in ("model", "dataset") and self.best_config_path is not None:
+            model, _, dataset = self.best_config_path.name.removesuffix("_best_config.json").partition("_")
+            return model if key == "model" else dataset
+        return default
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _newest(folder: Path, pattern: str) -> Path | None:
+    """The newest match: evaluator files start with a sortable time stamp."""
+    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+def _read_results(exp: Experiment) -> None:
+    path = exp.folder / RESULTS_FILE
+    if not path.is_file():
+        exp.notes.append(f"{RESULTS_FILE} is missing (no trial finished before the run stopped?): "
+                         "no trial panels.")
+        return
+    raw = load_json(path, "results file")
+    trials = raw.get("trials") if isinstance(raw, dict) else raw
+    if not isinstance(trials, list) or not all(isinstance(r, dict) and "config" in r for r in trials):
+        raise LibTrafficError(f"{path} is not a tuning results file: expected a list of trial records "
+                              "with 'trial_id', 'config', 'best_loss', 'loss_curve'.")
+    exp.trials = trials
+    if trials and not exp.start_known:
+        exp.notes.append("The trial records have no start time: the optimisation history shows trials by trial "
+                         "id, which is their creation order for BasicSearch only.")
+    exp.final_seeds = list(raw.get("final_seeds") or []) if isinstance(raw, dict) else []
+
+
+def _read_time_intervals(exp: Experiment) -> None:
+    """Seconds between steps: fixed on the command line, else the dataset's config, else 300."""
+    fixed = (exp.settings or {}).get("fixed") or {}
+    if "time_intervals" in fixed:
+        exp.time_intervals = int(fixed["time_intervals"])
+        return
+    dataset_config = paths.raw_data_dir(exp.describe("dataset")) / "config.json"
+    if dataset_config.is_file():
+        info = load_json(dataset_config, "dataset config").get("info", {})
+        if "time_intervals" in info:
+            exp.time_intervals = int(info["time_intervals"])
+            return
+    exp.notes.append(f"time_intervals unknown (dataset config {dataset_config} not found): "
+                     f"assuming {DEFAULT_TIME_INTERVALS} s between steps.")
+
+
+def load_experiment(exp_id: str | int) -> Experiment:
+    """Read whatever the experiment folder holds; raises LibTrafficError if there is nothing to show."""
+    folder = paths.experiment_dir(exp_id)
+    if not folder.is_dir():
+        raise LibTrafficError(f"No experiment folder {folder}; check --exp_id (folders are listed in "
+                              f"{paths.cache_dir()}).")
+    exp = Experiment(folder=folder, exp_id=str(exp_id))
+    settings = folder / SETTINGS_FILE
+    if settings.is_file():
+        exp.settings = load_json(settings, "experiment settings file")
+    else:
+        exp.notes.append(f"Settings file missing ({SETTINGS_FILE}): the command and the search space are "
+                         "unknown; tuned parameters are inferred from the trials' configs (no log axes).")
+    _read_results(exp)
+    exp.best_config_path = _newest(folder, "*_best_config.json")
+    if exp.best_config_path is not None:
+        exp.best_config = load_json(exp.best_config_path, "best config file")
+    elif exp.trials:
+        exp.notes.append("The best-config file is missing (the run stopped before the end?).")
+    evaluate = paths.evaluate_cache_dir(exp_id)
+    exp.metrics_path = _newest(evaluate, "*.csv")
+    if exp.metrics_path is not None:
+        exp.metrics = pd.read_csv(exp.metrics_path, index_col=0)
+    else:
+        exp.notes.append(f"No test metrics in {evaluate} (the best model was not evaluated).")
+    npz = _newest(evaluate, "*_predictions.npz")
+    if npz is not None:
+        with np.load(npz) as data:
+            exp.predictions = Predictions(data["prediction"], data["truth"], npz)
+    _read_time_intervals(exp)
+    if not exp.trials and exp.metrics is None:
+        raise LibTrafficError(f"{folder} holds neither {RESULTS_FILE} nor test metrics: nothing to report.")
+    return exp
