@@ -170,7 +170,7 @@ def test_row_count_not_a_multiple(workdir: Path) -> None:
     ("UNEVEN", {2: (",10,", ",11,"), 3: (",10,", ",11,"), 4: (",10,", ",11,")},
      r"UNEVEN\.dyna: entity 10 has 17 rows but 20 were expected \(60 rows / 3 entities\)"),
     ("GHOST", {25: (",11,", ",99,")}, r"GHOST\.dyna: entity_id 99 \(line 25\) is not in the \.geo file"),
-    ("WHEN", {8: ("2012-03-01T00:30:00Z", "yesterday")}, r"WHEN\.dyna: the time column has a value that is not an ISO time"),
+    ("WHEN", {8: ("2012-03-01T00:30:00Z", "yesterday")}, r"WHEN\.dyna: line 8 has the time 'yesterday', which is not an ISO 8601 time"),
 ])
 def test_edited_dyna_lines(workdir: Path, name: str, edits: dict, match: str) -> None:
     lines = good_dyna()

@@ -340,11 +340,16 @@ def test_resume_of_a_missing_experiment(tune_dir: Path) -> None:
     assert not (tune_dir / "libtraffic" / "cache" / "hyper_tune" / "ghost").exists()
 
 
-@pytest.mark.parametrize("existing", ["libtraffic/cache/hyper_tune/taken", "libtraffic/cache/taken"])
-def test_existing_exp_id_without_resume(tune_dir: Path, existing: str) -> None:
+@pytest.mark.parametrize(("existing", "pattern"), [
+    ("libtraffic/cache/hyper_tune/taken", r"Experiment taken already exists \(.*hyper_tune/taken\)\. "
+                                          r"Continue it with --resume --exp_id taken, or choose a new --exp_id\."),
+    # an experiment of run_model.py: the message names that folder, and says --resume cannot continue it
+    ("libtraffic/cache/taken", r"Experiment folder .*libtraffic/cache/taken already exists \(a run_model\.py experiment: "
+                               r"there is no .*hyper_tune/taken, so --resume cannot continue it\)\. Choose a new --exp_id\."),
+])
+def test_existing_exp_id_without_resume(tune_dir: Path, existing: str, pattern: str) -> None:
     folder = tune_dir / existing
     folder.mkdir(parents=True)
     (folder / "keep.txt").write_text("user data")
-    tune_error(tune_dir, r"Experiment taken already exists \(.*hyper_tune/taken\)\. "
-               r"Continue it with --resume --exp_id taken, or choose a new --exp_id\.", other_args={"exp_id": "taken"})
+    tune_error(tune_dir, pattern, other_args={"exp_id": "taken"})
     assert [p.name for p in folder.iterdir()] == ["keep.txt"]

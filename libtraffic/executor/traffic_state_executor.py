@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -89,20 +90,42 @@ class TrafficStateExecutor:
         torch.save(dict(state) if state is not None else self.state(self.start_epoch - 1), path)
         self.logger.info("Saved model at %s", path)
 
+    def read_checkpoint(self, path: Path, what: str) -> dict[str, Any]:
+        """A checkpoint dict from ``path`` that fits this model; an empty, truncated or foreign file
+        (or a model of other settings) is a LibTrafficError saying what to do. ``what`` names the
+        file's role and the fix ("the saved model ... (--train false)")."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except (EOFError, RuntimeError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError,
+                UnicodeDecodeError, pickle.UnpicklingError) as err:
+            raise LibTrafficError(
+                f"{path} ({what}) is not a readable checkpoint: {type(err).__name__}: {str(err)[:200] or 'empty or truncated'}."
+                " It is empty, truncated (a run interrupted while saving?) or not a libtraffic checkpoint; "
+                "use another epoch's checkpoint (see the log), or train again with a new --exp_id."
+            ) from err
+        keys = ("model_state_dict", "optimizer_state_dict", "epoch", "best_val_loss", "best_epoch")
+        if not isinstance(state, dict) or any(k not in state for k in keys):
+            found = f"a {type(state).__name__}" + (f" with keys {', '.join(map(str, list(state)[:6]))}" if isinstance(state, dict) else "")
+            raise LibTrafficError(
+                f"{path} ({what}) is {found}, not a libtraffic checkpoint (a dict with {', '.join(keys)}). "
+                "Was it written by another program (LibCity saves a tuple)? Train again with a new --exp_id."
+            )
+        try:
+            self.model.load_state_dict(state["model_state_dict"])
+        except (RuntimeError, TypeError, AttributeError) as err:  # other shapes or names: other settings
+            saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+            differ = [f"--{k} {saved[k]}" for k in sorted(saved) if k not in ("train", "epoch") and saved[k] != self.config.get(k)]
+            raise LibTrafficError(
+                f"The model in {path} does not fit this run's settings; it was trained with "
+                f"{' '.join(differ) or 'other settings'}. Use the settings it was trained with."
+            ) from err
+        return state
+
     def load_model(self, path: str | Path) -> dict[str, Any]:
         path = Path(path)
         if not path.is_file():
             raise LibTrafficError(f"Model file {path} does not exist; train first (--train true) or check --exp_id.")
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        try:
-            self.model.load_state_dict(state["model_state_dict"])
-        except RuntimeError as err:  # shapes differ: the run's settings are not those of training
-            saved = state.get("config", {})
-            differ = [f"--{k} {saved[k]}" for k in sorted(saved) if k != "train" and saved[k] != self.config.get(k)]
-            raise LibTrafficError(
-                f"The model in {path} does not fit this run's settings; it was trained with "
-                f"{' '.join(differ) or 'other settings'}. Evaluate it with the settings it was trained with."
-            ) from err
+        state = self.read_checkpoint(path, "the saved model evaluated by --train false")
         self.logger.info("Loaded model from %s", path)
         return state
 
@@ -151,7 +174,8 @@ class TrafficStateExecutor:
         After training, the model holds the best epoch's weights when load_best_epoch is true.
         """
         if self.config["epoch"] > 0 and self.start_epoch == 0:
-            self.load_state(torch.load(self._existing_epoch_file(self.config["epoch"]), map_location=self.device, weights_only=False))
+            path = self._existing_epoch_file(self.config["epoch"])
+            self.load_state(self.read_checkpoint(path, f"the checkpoint --epoch {self.config['epoch']} resumes from"))
             self.logger.info("Resuming training after epoch %d", self.config["epoch"])
         # The LR steps first, so the best checkpoint holds the scheduler state after its epoch, as the epoch file does.
         hooks = [self._step_lr, self._track_best, self._log_epoch, self._save_epoch_files, *hooks]

@@ -17,6 +17,12 @@ from libtraffic.utils.logger import get_logger
 from libtraffic.utils.seed import set_random_seed
 
 
+def _names(task: str | None, model: str | None, dataset: str | None) -> tuple[str, str, str]:
+    """LibCity's defaults for the names not given; an empty name stays empty and is refused by name."""
+    return ("traffic_state_pred" if task is None else task, "GRU" if model is None else model,
+            "METR_LA" if dataset is None else dataset)
+
+
 def claim_new_experiment(exp_id: str | int | None, taken_hint: str) -> str | int:
     """Create the folder of a new experiment atomically and return its id.
 
@@ -53,15 +59,21 @@ def run_model(task: str | None = None, model_name: str | None = None, dataset_na
     A new training run claims its experiment folder; --train false / --epoch K reuse one, holding
     its lock (shared when only evaluating) so that two runs never write into the same folder.
     """
-    config = ConfigParser(task or "traffic_state_pred", model_name or "GRU", dataset_name or "METR_LA",
+    config = ConfigParser(*_names(task, model_name, dataset_name),
                           config_file, saved_model, train, other_args)
-    if config["train"] and config["epoch"] == 0:
+    new = config["train"] and config["epoch"] == 0
+    if new:
         config["exp_id"] = claim_new_experiment(
             config["exp_id"], "choose a new --exp_id, or pass --train false to evaluate its saved model "
             "(or --epoch N to resume training from it).")
-    exp_id = _existing_experiment(config)
-    with experiment_lock.hold(paths.experiment_dir(exp_id), exclusive=config["train"]):
-        return _run(config)
+    folder = paths.experiment_dir(_existing_experiment(config))
+    try:
+        with experiment_lock.hold(folder, exclusive=config["train"]):
+            return _run(config)
+    except BaseException:
+        if new:
+            experiment_lock.discard_if_unused(folder)
+        raise
 
 
 def _run(config: ConfigParser) -> dict[str, float]:

@@ -52,3 +52,15 @@ def hold(folder: Path, exclusive: bool = True) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # also releases the lock
+
+
+def discard_if_unused(folder: Path, disposable: frozenset[str] = frozenset({LOCK_FILE})) -> None:
+    """Remove a claimed folder again when a run failed before writing anything but ``disposable``
+    files, so that a mistake leaves no experiment behind and its --exp_id stays free."""
+    try:
+        if {p.name for p in folder.iterdir()} <= disposable:
+            for name in disposable:
+                (folder / name).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:  # another run opened it meanwhile: leave it
+        pass
