@@ -90,25 +90,23 @@ class TrafficStateExecutor:
         torch.save(dict(state) if state is not None else self.state(self.start_epoch - 1), path)
         self.logger.info("Saved model at %s", path)
 
-    def read_checkpoint(self, path: Path, what: str) -> dict[str, Any]:
+    def read_checkpoint(self, path: Path, what: str, fix: str) -> dict[str, Any]:
         """A checkpoint dict from ``path`` that fits this model; an empty, truncated or foreign file
-        (or a model of other settings) is a LibTrafficError saying what to do. ``what`` names the
-        file's role and the fix ("the saved model ... (--train false)")."""
+        (or a model of other settings) is a LibTrafficError naming ``what`` the file is for and ``fix``."""
         try:
             state = torch.load(path, map_location=self.device, weights_only=False)
-        except (EOFError, RuntimeError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError,
+        except (EOFError, OSError, RuntimeError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError,
                 UnicodeDecodeError, pickle.UnpicklingError) as err:
             raise LibTrafficError(
-                f"{path} ({what}) is not a readable checkpoint: {type(err).__name__}: {str(err)[:200] or 'empty or truncated'}."
-                " It is empty, truncated (a run interrupted while saving?) or not a libtraffic checkpoint; "
-                "use another epoch's checkpoint (see the log), or train again with a new --exp_id."
+                f"{path} ({what}) is not a readable checkpoint ({type(err).__name__}, {str(err)[:160] or 'no detail'}): "
+                f"it is empty, truncated (a run interrupted while saving?) or not a libtraffic checkpoint. {fix}"
             ) from err
         keys = ("model_state_dict", "optimizer_state_dict", "epoch", "best_val_loss", "best_epoch")
         if not isinstance(state, dict) or any(k not in state for k in keys):
-            found = f"a {type(state).__name__}" + (f" with keys {', '.join(map(str, list(state)[:6]))}" if isinstance(state, dict) else "")
+            found = type(state).__name__ + (f" with keys {', '.join(map(str, list(state)[:4]))}" if isinstance(state, dict) else "")
             raise LibTrafficError(
-                f"{path} ({what}) is {found}, not a libtraffic checkpoint (a dict with {', '.join(keys)}). "
-                "Was it written by another program (LibCity saves a tuple)? Train again with a new --exp_id."
+                f"{path} ({what}) holds a {found}, not a libtraffic checkpoint (a dict with {', '.join(keys)}); "
+                f"was it written by another program? (LibCity saves a tuple.) {fix}"
             )
         try:
             self.model.load_state_dict(state["model_state_dict"])
@@ -125,7 +123,9 @@ class TrafficStateExecutor:
         path = Path(path)
         if not path.is_file():
             raise LibTrafficError(f"Model file {path} does not exist; train first (--train true) or check --exp_id.")
-        state = self.read_checkpoint(path, "the saved model evaluated by --train false")
+        state = self.read_checkpoint(path, "the saved model evaluated by --train false",
+                                     "Rewrite it by resuming from an epoch checkpoint (--epoch K with the same --exp_id, "
+                                     "K from the *_epoch<K>.tar files beside it), or train again with a new --exp_id.")
         self.logger.info("Loaded model from %s", path)
         return state
 
@@ -175,7 +175,9 @@ class TrafficStateExecutor:
         """
         if self.config["epoch"] > 0 and self.start_epoch == 0:
             path = self._existing_epoch_file(self.config["epoch"])
-            self.load_state(self.read_checkpoint(path, f"the checkpoint --epoch {self.config['epoch']} resumes from"))
+            self.load_state(self.read_checkpoint(path, f"the checkpoint --epoch {self.config['epoch']} resumes from",
+                                                 "Resume from another epoch's checkpoint (--epoch K of another "
+                                                 "*_epoch<K>.tar beside it), or train again with a new --exp_id."))
             self.logger.info("Resuming training after epoch %d", self.config["epoch"])
         # The LR steps first, so the best checkpoint holds the scheduler state after its epoch, as the epoch file does.
         hooks = [self._step_lr, self._track_best, self._log_epoch, self._save_epoch_files, *hooks]

@@ -67,13 +67,8 @@ def run_model(task: str | None = None, model_name: str | None = None, dataset_na
             config["exp_id"], "choose a new --exp_id, or pass --train false to evaluate its saved model "
             "(or --epoch N to resume training from it).")
     folder = paths.experiment_dir(_existing_experiment(config))
-    try:
-        with experiment_lock.hold(folder, exclusive=config["train"]):
-            return _run(config)
-    except BaseException:
-        if new:
-            experiment_lock.discard_if_unused(folder)
-        raise
+    with experiment_lock.using(folder, exclusive=config["train"], discard_on_failure=lambda: new):
+        return _run(config)
 
 
 def _run(config: ConfigParser) -> dict[str, float]:

@@ -160,7 +160,7 @@ def _dry_run(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: 
         if exp_id is None:
             return
         if not opts.resume:
-            _refuse_existing(paths.check_name(exp_id, "--exp_id", "it names the experiment folders"))
+            _refuse_existing(exp_id)
             return
         _check_resumable(exp_id)
         if not experiment.check_resume(_settings(config, space, opts, gpus, other_args)):
@@ -182,8 +182,7 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
         raise LibTrafficError("--space_file is required: the JSON search space (e.g. --space_file sample_space_file).")
     opts = TuneOptions(space_file, scheduler or "FIFO", search_alg or "BasicSearch", num_samples, max_concurrent,
                        cpu_per_trial, gpu_per_trial, resume, dry_run, time_budget_s)
-    config = ConfigParser(*_names(task, model_name, dataset_name),
-                          config_file, other_args=other_args)
+    config = ConfigParser(*_names(task, model_name, dataset_name), config_file, other_args=other_args)
     config["hyper_tune"] = True
     gpus = _check_options(opts)
     space = load_search_space(opts.space_file, config, opts.search_alg)
@@ -197,7 +196,9 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
     ray_dir = _claim_experiment(config, opts.resume)
     exp_id = config["exp_id"]
     settings = _settings(config, space, opts, gpus, other_args)
-    with experiment_lock.hold(paths.experiment_dir(exp_id)):
+    # A new run that fails before Ray starts leaves no experiment behind (its --exp_id stays free).
+    with experiment_lock.using(paths.experiment_dir(exp_id), discard_on_failure=lambda: not (opts.resume or ray_dir.exists()),
+                               disposable=frozenset({experiment_lock.LOCK_FILE, experiment.SETTINGS_FILE})):
         checked = opts.resume and experiment.check_resume(settings)
         if not opts.resume:
             experiment.write_settings(settings)
@@ -234,11 +235,11 @@ def _settings(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus:
 
 def _refuse_existing(exp_id: str | int) -> None:
     """A new tuning run may not reuse an experiment id; the message names the folder that exists."""
+    folder = paths.experiment_dir(exp_id)  # also checks that the id is a plain name
     ray_dir = paths.hyper_tune_dir() / str(exp_id)
     if ray_dir.exists():
         raise LibTrafficError(f"Experiment {exp_id} already exists ({ray_dir}). Continue it with --resume --exp_id "
                               f"{exp_id}, or choose a new --exp_id.")
-    folder = paths.experiment_dir(exp_id)
     if folder.exists():
         kind = ("a tuning experiment whose Ray folder is gone" if experiment.settings_file(exp_id).is_file()
                 else "a run_model.py experiment")
@@ -247,7 +248,8 @@ def _refuse_existing(exp_id: str | int) -> None:
 
 
 def _check_resumable(exp_id: str | int) -> Path:
-    ray_dir = paths.hyper_tune_dir() / str(paths.check_name(exp_id, "--exp_id", "it names the experiment folders"))
+    paths.experiment_dir(exp_id)  # checks that the id is a plain name
+    ray_dir = paths.hyper_tune_dir() / str(exp_id)
     if not ray_dir.is_dir():
         raise LibTrafficError(f"--resume: no experiment {ray_dir} to continue; check --exp_id.")
     return ray_dir

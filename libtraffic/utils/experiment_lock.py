@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,3 +64,17 @@ def discard_if_unused(folder: Path, disposable: frozenset[str] = frozenset({LOCK
             folder.rmdir()
     except OSError:  # another run opened it meanwhile: leave it
         pass
+
+
+@contextmanager
+def using(folder: Path, exclusive: bool = True, discard_on_failure: Callable[[], bool] = lambda: False,
+          disposable: frozenset[str] = frozenset({LOCK_FILE})) -> Iterator[None]:
+    """hold() ``folder`` for the block; when the block fails and ``discard_on_failure()`` is true
+    (a new experiment), the folder is removed again if it holds only ``disposable`` files."""
+    try:
+        with hold(folder, exclusive):
+            yield
+    except BaseException:
+        if discard_on_failure():
+            discard_if_unused(folder, disposable)
+        raise
