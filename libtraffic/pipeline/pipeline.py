@@ -17,7 +17,7 @@ from libtraffic.utils.logger import get_logger
 from libtraffic.utils.seed import set_random_seed
 
 
-def _names(task: str | None, model: str | None, dataset: str | None) -> tuple[str, str, str]:
+def default_names(task: str | None, model: str | None, dataset: str | None) -> tuple[str, str, str]:
     """LibCity's defaults for the names not given; an empty name stays empty and is refused by name."""
     return ("traffic_state_pred" if task is None else task, "GRU" if model is None else model,
             "METR_LA" if dataset is None else dataset)
@@ -59,7 +59,7 @@ def run_model(task: str | None = None, model_name: str | None = None, dataset_na
     A new training run claims its experiment folder; --train false / --epoch K reuse one, holding
     its lock (shared when only evaluating) so that two runs never write into the same folder.
     """
-    config = ConfigParser(*_names(task, model_name, dataset_name),
+    config = ConfigParser(*default_names(task, model_name, dataset_name),
                           config_file, saved_model, train, other_args)
     new = config["train"] and config["epoch"] == 0
     if new:

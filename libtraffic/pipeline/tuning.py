@@ -23,7 +23,7 @@ from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS
 from libtraffic.pipeline import dry_run, experiment
-from libtraffic.pipeline.pipeline import _names, claim_new_experiment
+from libtraffic.pipeline.pipeline import default_names, claim_new_experiment
 from libtraffic.pipeline.search_space import SearchSpace, load_search_space
 from libtraffic.pipeline.trial import TrialSettings, train_trial
 from libtraffic.pipeline import tune_report
@@ -182,7 +182,7 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
         raise LibTrafficError("--space_file is required: the JSON search space (e.g. --space_file sample_space_file).")
     opts = TuneOptions(space_file, scheduler or "FIFO", search_alg or "BasicSearch", num_samples, max_concurrent,
                        cpu_per_trial, gpu_per_trial, resume, dry_run, time_budget_s)
-    config = ConfigParser(*_names(task, model_name, dataset_name), config_file, other_args=other_args)
+    config = ConfigParser(*default_names(task, model_name, dataset_name), config_file, other_args=other_args)
     config["hyper_tune"] = True
     gpus = _check_options(opts)
     space = load_search_space(opts.space_file, config, opts.search_alg)
