@@ -59,8 +59,7 @@ def run_model(task: str | None = None, model_name: str | None = None, dataset_na
     A new training run claims its experiment folder; --train false / --epoch K reuse one, holding
     its lock (shared when only evaluating) so that two runs never write into the same folder.
     """
-    config = ConfigParser(*default_names(task, model_name, dataset_name),
-                          config_file, saved_model, train, other_args)
+    config = ConfigParser(*default_names(task, model_name, dataset_name), config_file, saved_model, train, other_args)
     new = config["train"] and config["epoch"] == 0
     if new:
         config["exp_id"] = claim_new_experiment(
@@ -111,5 +110,5 @@ def interrupted_message(config: ConfigParser) -> str:
         return (f"Interrupted: experiment {exp_id} saved no epoch checkpoint yet, so there is nothing to resume "
                 f"({paths.experiment_dir(exp_id)} holds only TensorBoard events). Start again with a new --exp_id.")
     return (f"Interrupted: experiment {exp_id} keeps the checkpoints of epoch(s) {', '.join(map(str, epochs))} in "
-            f"{folder} (no final model was saved). Continue training with the same command plus "
-            f"--epoch {epochs[-1]} --exp_id {exp_id}.")
+            f"{folder} (the best model file is written when training ends). Continue training with the same command "
+            f"plus --epoch {epochs[-1]} --exp_id {exp_id}.")

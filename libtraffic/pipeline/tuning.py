@@ -194,34 +194,41 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
     if opts.dry_run:
         return _dry_run(config, space, opts, gpus, other_args)
     ray_dir = _claim_experiment(config, opts.resume)
-    exp_id = config["exp_id"]
     settings = _settings(config, space, opts, gpus, other_args)
     # A new run that fails before Ray starts leaves no experiment behind (its --exp_id stays free).
-    with experiment_lock.using(paths.experiment_dir(exp_id), discard_on_failure=lambda: not (opts.resume or ray_dir.exists()),
+    with experiment_lock.using(paths.experiment_dir(config["exp_id"]),
+                               discard_on_failure=lambda: not (opts.resume or ray_dir.exists()),
                                disposable=frozenset({experiment_lock.LOCK_FILE, experiment.SETTINGS_FILE})):
         checked = opts.resume and experiment.check_resume(settings)
         if not opts.resume:
             experiment.write_settings(settings)
-        logger = get_logger(config)
-        logger.info("Begin hyperparameter tuning: task=%s, model=%s, dataset=%s, exp_id=%s, search_alg=%s, scheduler=%s",
-                    config["task"], config["model"], config["dataset"], exp_id, opts.search_alg, opts.scheduler)
-        if opts.resume and not checked:
-            logger.warning("Experiment %s has no %s (started by an older version): its settings cannot be checked.",
-                           exp_id, experiment.SETTINGS_FILE)
-        config.log_sources(logger)
-        _log_overrides(config, space, logger)
-        data_tuned = sorted(set(space.entries) & set(DATA_KEYS))
-        prepared = None
-        if data_tuned:
-            logger.warning("The space tunes data settings (%s): each trial prepares its own data (cached per setting).",
-                           ", ".join(data_tuned))
-        else:
-            prepared = get_dataset(config).prepare()
-            logger.info("Prepared data once in the driver: %s, shared with every trial", prepared.data.shape)
-        max_t = int(space.upper_bound("max_epoch") or config["max_epoch"])
-        start = time.perf_counter()
-        results = _run_ray(config, space, opts, gpus, max_t, prepared, ray_dir, logger)
-        return tune_report.finish(config, space, results, logger, prepared, time.perf_counter() - start)
+        return _tune(config, space, opts, gpus, ray_dir, settings_checked=checked or not opts.resume)
+
+
+def _tune(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: int, ray_dir: Path,
+          settings_checked: bool) -> dict[str, Any]:
+    """Prepare the data once, run Ray Tune, report; the experiment folder is claimed and locked."""
+    exp_id = config["exp_id"]
+    logger = get_logger(config)
+    logger.info("Begin hyperparameter tuning: task=%s, model=%s, dataset=%s, exp_id=%s, search_alg=%s, scheduler=%s",
+                config["task"], config["model"], config["dataset"], exp_id, opts.search_alg, opts.scheduler)
+    if not settings_checked:
+        logger.warning("Experiment %s has no %s (started by an older version): its settings cannot be checked.",
+                       exp_id, experiment.SETTINGS_FILE)
+    config.log_sources(logger)
+    _log_overrides(config, space, logger)
+    data_tuned = sorted(set(space.entries) & set(DATA_KEYS))
+    prepared = None
+    if data_tuned:
+        logger.warning("The space tunes data settings (%s): each trial prepares its own data (cached per setting).",
+                       ", ".join(data_tuned))
+    else:
+        prepared = get_dataset(config).prepare()
+        logger.info("Prepared data once in the driver: %s, shared with every trial", prepared.data.shape)
+    max_t = int(space.upper_bound("max_epoch") or config["max_epoch"])
+    start = time.perf_counter()
+    results = _run_ray(config, space, opts, gpus, max_t, prepared, ray_dir, logger)
+    return tune_report.finish(config, space, results, logger, prepared, time.perf_counter() - start)
 
 
 def _settings(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: int,
