@@ -39,6 +39,11 @@ def with_value(lines: list[str], line: int, value: str) -> list[str]:
     return lines
 
 
+def us_times(lines: list[str]) -> list[str]:
+    """The .dyna lines with times written as 03/01/2012 00:00 (month/day/year), not ISO 8601."""
+    return [lines[0]] + [re.sub(r"(\d{4})-(\d\d)-(\d\d)T(\d\d:\d\d):00Z", r"\2/\3/\1 \4", line) for line in lines[1:]]
+
+
 # ----- as the user sees them: run_model.py subprocesses -----
 
 CLI_CASES = {
@@ -56,6 +61,12 @@ CLI_CASES = {
     "batch_size_abc": (["--dataset", "OK", "--batch_size", "abc"], [r"argument --batch_size: invalid int value: 'abc'"]),
     "unknown_flag": (["--dataset", "OK", "--hiden_size", "16"],
                      [r"Unknown config key 'hiden_size' \(--hiden_size\)\. Did you mean 'hidden_size'\?"]),
+    "us_style_times": (["--dataset", "USTIME"],
+                       [r"USTIME\.dyna: line 2 has the time '03/01/2012 00:00', which is not an ISO 8601 time",
+                        r"2012-03-01T00:00:00Z", r"Convert the column"]),
+    "geo_entity_without_rows": (["--dataset", "GEOX"],
+                                [r"GEOX\.dyna: 1 entity of the \.geo file \(99\) has no rows in \.dyna",
+                                 r"remove the entity from the \.geo file"]),
 }
 
 
@@ -66,6 +77,10 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     write_dataset(raw, "OK", VALUES)
     write_dataset(raw, "BADJSON", VALUES, config_text='{\n  "info": {"output_dim": 1}\n  "x": 1\n}\n')
     bad_dataset(raw, "TEXT", with_value(good_dyna(), 6, "fast"))
+    bad_dataset(raw, "USTIME", us_times(good_dyna()))
+    bad_dataset(raw, "GEOX", good_dyna())
+    with open(raw / "GEOX" / "GEOX.geo", "a") as geo:
+        geo.write('99,Point,"[-118.9, 34.1]"\n')
     results = run_clis(REPO_ROOT, [(cwd, args) for args, _ in CLI_CASES.values()])
     return {"cwd": cwd, **dict(zip(CLI_CASES, results))}
 
@@ -170,7 +185,7 @@ def test_row_count_not_a_multiple(workdir: Path) -> None:
     ("UNEVEN", {2: (",10,", ",11,"), 3: (",10,", ",11,"), 4: (",10,", ",11,")},
      r"UNEVEN\.dyna: entity 10 has 17 rows but 20 were expected \(60 rows / 3 entities\)"),
     ("GHOST", {25: (",11,", ",99,")}, r"GHOST\.dyna: entity_id 99 \(line 25\) is not in the \.geo file"),
-    ("WHEN", {8: ("2012-03-01T00:30:00Z", "yesterday")}, r"WHEN\.dyna: the time column has a value that is not an ISO time"),
+    ("WHEN", {8: ("2012-03-01T00:30:00Z", "yesterday")}, r"WHEN\.dyna: line 8 has the time 'yesterday', which is not an ISO 8601 time"),
 ])
 def test_edited_dyna_lines(workdir: Path, name: str, edits: dict, match: str) -> None:
     lines = good_dyna()
@@ -240,3 +255,45 @@ def test_nothing_is_overwritten_on_a_rerun(workdir: Path) -> None:
                                               r"--hidden_size 4 --input_window 3"):
         run_model(dataset_name="OK", train=False, other_args={**SMALL, "hidden_size": 5, "input_window": 4})
     assert model_file.stat().st_mtime_ns == stamp
+
+
+# ----- messages that name the file, the line or the entity -----
+
+
+def test_us_style_times(workdir: Path) -> None:
+    bad_dataset(workdir / "raw_data", "USTIME", us_times(good_dyna()))
+    fails("USTIME", r"USTIME\.dyna: line 2 has the time '03/01/2012 00:00', which is not an ISO 8601 time\. .*"
+                    r"2012-03-01T00:00:00Z")
+
+
+def test_empty_time_cell(workdir: Path) -> None:
+    lines = good_dyna()
+    fields = lines[6].split(",")
+    fields[2] = ""
+    lines[6] = ",".join(fields)
+    bad_dataset(workdir / "raw_data", "NOTIME", lines)
+    fails("NOTIME", r"NOTIME\.dyna: line 7 has an empty time\. .*Fill in the time of that row")
+
+
+def test_header_only_dyna(workdir: Path) -> None:
+    bad_dataset(workdir / "raw_data", "HEADER", good_dyna()[:1])
+    fails("HEADER", r"HEADER\.dyna has a header but no data rows")
+
+
+def test_geo_entity_without_readings(workdir: Path) -> None:
+    folder = bad_dataset(workdir / "raw_data", "GEOX", good_dyna())
+    with open(folder / "GEOX.geo", "a") as geo:
+        geo.write('99,Point,"[-118.9, 34.1]"\n98,Point,"[-118.8, 34.1]"\n')
+    fails("GEOX", r"GEOX\.dyna: 2 entities of the \.geo file \(99, 98\) have no rows in \.dyna")
+
+
+@pytest.mark.parametrize("seconds", [0, -300])
+def test_time_intervals_not_positive(workdir: Path, seconds: int) -> None:
+    write_dataset(workdir / "raw_data", "TI", VALUES, info={"time_intervals": seconds})
+    fails("TI", rf"time_intervals is {seconds} \(config\.json of TI\); it must be the positive number of seconds")
+
+
+def test_data_col_as_a_string_is_one_column(workdir: Path) -> None:
+    write_dataset(workdir / "raw_data", "ONECOL", VALUES, info={"data_col": "traffic_speed"})
+    result = run_model(dataset_name="ONECOL", other_args={**SMALL, "exp_id": "onecol"})
+    assert np.isfinite(result["masked_MAE@1"])

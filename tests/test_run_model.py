@@ -134,9 +134,15 @@ def test_train_false_evaluates_the_saved_model(trained: dict) -> None:
     pd.testing.assert_frame_equal(pd.read_csv(csvs[0], index_col=0), pd.read_csv(csvs[1], index_col=0))
 
 
-def test_train_false_without_a_model(tiny_dataset: str) -> None:
+def test_train_false_without_a_model(tiny_dataset: str, workdir: Path) -> None:
+    with pytest.raises(LibTrafficError, match=r"--train false: there is no experiment folder .*libtraffic/cache/none; "
+                                              r"check --exp_id"):
+        run_model(dataset_name=tiny_dataset, train=False, other_args={"exp_id": "none", "input_window": 6})
+    (workdir / "libtraffic/cache/none").mkdir(parents=True)
     with pytest.raises(LibTrafficError, match=r"--train false but there is no saved model .*GRU_TINY\.m"):
         run_model(dataset_name=tiny_dataset, train=False, other_args={"exp_id": "none", "input_window": 6})
+    with pytest.raises(LibTrafficError, match=r"--train false works on an existing experiment: add the --exp_id"):
+        run_model(dataset_name=tiny_dataset, train=False, other_args={"input_window": 6})
 
 
 def test_saved_model_false_writes_no_model(tiny_dataset: str, workdir: Path) -> None:

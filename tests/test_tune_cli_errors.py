@@ -76,6 +76,28 @@ def _setup_existing_experiment(folder: Path) -> None:
     (existing / "keep.txt").write_text("user data")
 
 
+def _setup_run_model_experiment(folder: Path) -> None:
+    (folder / "libtraffic" / "cache" / "trained" / "model_cache").mkdir(parents=True)
+
+
+BAD_SPACE = {"hidden_size": {"type": "choice", "list": [0, 8]}, "dropout": {"type": "uniform", "lower": 0.1, "upper": 1.5},
+             "learner": {"type": "grid_search", "list": ["adam", "adamm"]}, "learning_rate": {"type": "choice", "list": [0.01]}}
+
+
+def _setup_bad_space(folder: Path) -> None:
+    (folder / "bad_space.json").write_text(json.dumps(BAD_SPACE))
+    _setup_run_model_experiment(folder)
+
+
+def _setup_header_only_dyna(folder: Path) -> None:
+    dyna = folder / "raw_data" / "TINY" / "TINY.dyna"
+    dyna.write_text(dyna.read_text().splitlines(keepends=True)[0])
+
+
+def _setup_file_named_libtraffic(folder: Path) -> None:
+    (folder / "libtraffic").write_text("a file in the way\n")
+
+
 # case name -> (extra arguments, setup of the working directory)
 CASES: dict[str, tuple[list[str], Callable[[Path], None] | None]] = {
     "default_space_file": (["--dry_run", "--num_samples", "3"], None),
@@ -87,6 +109,10 @@ CASES: dict[str, tuple[list[str], Callable[[Path], None] | None]] = {
     "dry_run_seed0_again": (["--space_file", "sample_space_file", "--dry_run", "--num_samples", "4", "--seed", "0"],
                             None),
     "dry_run_seed1": (["--space_file", "sample_space_file", "--dry_run", "--num_samples", "4", "--seed", "1"], None),
+    "run_model_exp_id": (["--space_file", "sample_space_file", "--exp_id", "trained"], _setup_run_model_experiment),
+    "dry_run_problems": (["--space_file", "bad_space", "--dry_run", "--exp_id", "trained"], _setup_bad_space),
+    "dry_run_bad_dyna": (["--space_file", "sample_space_file", "--dry_run"], _setup_header_only_dyna),
+    "unwritable_workdir": (["--space_file", "sample_space_file"], _setup_file_named_libtraffic),
 }
 # test name -> the cases it reads (only the cases of selected tests are run)
 USED_BY: dict[str, tuple[str, ...]] = {
@@ -97,6 +123,10 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "test_cli_existing_exp_id_without_resume": ("existing_exp_id",),
     "test_cli_dry_run_prints_configs_without_ray": ("dry_run_seed0",),
     "test_cli_dry_run_is_reproducible_per_seed": ("dry_run_seed0", "dry_run_seed0_again", "dry_run_seed1"),
+    "test_cli_exp_id_of_a_run_model_experiment": ("run_model_exp_id",),
+    "test_cli_dry_run_reports_every_problem": ("dry_run_problems",),
+    "test_cli_dry_run_reads_the_dataset": ("dry_run_bad_dyna",),
+    "test_cli_unwritable_working_directory": ("unwritable_workdir",),
 }
 
 
@@ -210,6 +240,40 @@ def test_cli_dry_run_is_reproducible_per_seed(cli) -> None:
     assert len(sampled_lines(first)) == 4
     assert sampled_lines(first) == sampled_lines(again)
     assert sampled_lines(first) != sampled_lines(other)
+
+
+def test_cli_exp_id_of_a_run_model_experiment(cli) -> None:
+    result = cli("run_model_exp_id")
+    assert_user_error(result, f"Experiment folder {result.workdir.resolve()}/libtraffic/cache/trained already exists "
+                      "(a run_model.py experiment: there is no", "so --resume cannot continue it). Choose a new --exp_id.")
+    assert sorted(p.name for p in (result.workdir / "libtraffic" / "cache" / "trained").iterdir()) == ["model_cache"]
+
+
+def test_cli_dry_run_reports_every_problem(cli) -> None:
+    """Each bad value of the space is named with its entry, plus the clash of --exp_id, all at once."""
+    result = cli("dry_run_problems")
+    message = assert_user_error(result, "Dry run: 4 problem(s) found before any training",
+                                "entry 'hidden_size' = 0 (choice): hidden_size and num_layers must be positive",
+                                "entry 'dropout' = 1.4999999999999998 (uniform just below upper 1.5): dropout must be in [0, 1)",
+                                "entry 'learner' = 'adamm' (grid_search): Unknown learner 'adamm'", "Did you mean 'adam'?",
+                                "libtraffic/cache/trained already exists (a run_model.py experiment")
+    assert "entry 'hidden_size' = 8" not in message and "entry 'dropout' = 0.1" not in message
+    assert "Epoch [" not in result.stdout
+    assert not (result.workdir / "libtraffic" / "cache" / "hyper_tune").exists()
+    assert not (result.workdir / "libtraffic" / "cache" / "dataset_cache").exists()  # a dry run leaves no cache
+
+
+def test_cli_dry_run_reads_the_dataset(cli) -> None:
+    result = cli("dry_run_bad_dyna")
+    assert_user_error(result, "Dry run: 1 problem(s)", "the fixed settings (flags, --config_file and defaults): ",
+                      f"{result.workdir.resolve()}/raw_data/TINY/TINY.dyna has a header but no data rows")
+
+
+def test_cli_unwritable_working_directory(cli) -> None:
+    result = cli("unwritable_workdir")
+    assert_user_error(result, f"Cannot create the folder {result.workdir.resolve()}/libtraffic/cache:",
+                      "run from a folder you can write to")
+    assert (result.workdir / "libtraffic").read_text() == "a file in the way\n"
 
 
 # ----------------------------------------------------------------------------- in-process cases
@@ -340,11 +404,26 @@ def test_resume_of_a_missing_experiment(tune_dir: Path) -> None:
     assert not (tune_dir / "libtraffic" / "cache" / "hyper_tune" / "ghost").exists()
 
 
-@pytest.mark.parametrize("existing", ["libtraffic/cache/hyper_tune/taken", "libtraffic/cache/taken"])
-def test_existing_exp_id_without_resume(tune_dir: Path, existing: str) -> None:
+@pytest.mark.parametrize(("existing", "pattern"), [
+    ("libtraffic/cache/hyper_tune/taken", r"Experiment taken already exists \(.*hyper_tune/taken\)\. "
+                                          r"Continue it with --resume --exp_id taken, or choose a new --exp_id\."),
+    # an experiment of run_model.py: the message names that folder, and says --resume cannot continue it
+    ("libtraffic/cache/taken", r"Experiment folder .*libtraffic/cache/taken already exists \(a run_model\.py experiment: "
+                               r"there is no .*hyper_tune/taken, so --resume cannot continue it\)\. Choose a new --exp_id\."),
+])
+def test_existing_exp_id_without_resume(tune_dir: Path, existing: str, pattern: str) -> None:
     folder = tune_dir / existing
     folder.mkdir(parents=True)
     (folder / "keep.txt").write_text("user data")
-    tune_error(tune_dir, r"Experiment taken already exists \(.*hyper_tune/taken\)\. "
-               r"Continue it with --resume --exp_id taken, or choose a new --exp_id\.", other_args={"exp_id": "taken"})
+    tune_error(tune_dir, pattern, other_args={"exp_id": "taken"})
     assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize(("exp_id", "dataset", "pattern"), [
+    ("../x", "TINY", r"--exp_id '\.\./x' is not a plain name"), ("a/b", "TINY", r"--exp_id 'a/b' is not a plain name"),
+    (None, "../raw_data/TINY", r"--dataset '\.\./raw_data/TINY' is not a plain name"), (None, "", r"--dataset is empty"),
+])
+def test_names_that_would_escape(tune_dir: Path, exp_id: str | None, dataset: str, pattern: str) -> None:
+    tune_error(tune_dir, pattern, dataset_name=dataset, other_args={"exp_id": exp_id})
+    tune_error(tune_dir, pattern, dataset_name=dataset, other_args={"exp_id": exp_id}, dry_run=True)
+    assert not (tune_dir / "libtraffic").exists() and not (tune_dir.parent / "x").exists()

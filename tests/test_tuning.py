@@ -347,3 +347,47 @@ def test_optuna_two_at_once_then_the_report_renders_in_a_browser(workdir, ray_cl
     _chromium(html, tmp_path, f"--screenshot={shot}")
     pixels = mpimg.imread(shot)
     assert pixels.shape[:2] == (4000, 1200) and pixels[:2000, ..., :3].std() > 0.05
+
+
+def test_same_exp_id_at_once_and_resume_must_repeat_settings(workdir, ray_cluster):
+    """Two tuning runs with one --exp_id: one wins, the other stops at once. The winner's settings
+    are stored; a resume with other settings is refused naming each, one changing log_level runs."""
+    space = write_space(workdir, "settings", {"hidden_size": {"type": "choice", "list": [4]},
+                                              "max_epoch": {"type": "choice", "list": [1]}})
+    env = {**os.environ, **RAY_ENV, "RAY_ADDRESS": ray_cluster}
+    base = [sys.executable, str(REPO / "hyper_tune.py"), "--dataset", DATASET, "--space_file", space, "--exp_id", "twice",
+            "--batch_size", "32", "--num_samples", "1"]
+    procs = {lr: subprocess.Popen([*base, "--learning_rate", lr], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for lr in ("0.01", "0.005")}
+    outs = {lr: proc.communicate(timeout=TIMEOUT) for lr, proc in procs.items()}
+    codes = {lr: proc.returncode for lr, proc in procs.items()}
+    assert sorted(codes.values()) == [0, 2], outs
+    winner = next(lr for lr, code in codes.items() if code == 0)
+    loser_err = outs[next(lr for lr in codes if lr != winner)][1]
+    assert "already exists" in loser_err and "twice" in loser_err and "Traceback" not in loser_err, loser_err
+    best_model = re.search(r"Best model: (\S+\.m)", outs[winner][0]).group(1)
+    assert torch.load(best_model, weights_only=False)["config"]["learning_rate"] == float(winner)
+
+    stored = json.loads((workdir / "libtraffic" / "cache" / "twice" / "hyper_tune_experiment.json").read_text())
+    assert {"command", "argv", "task", "model", "dataset", "exp_id", "space_file", "space", "search_alg", "scheduler",
+            "num_samples", "max_concurrent", "cpu_per_trial", "gpu_per_trial", "seed", "time_budget_s", "fixed",
+            "started"} <= set(stored)
+    assert stored["space"] == json.loads((workdir / "settings.json").read_text())
+    assert stored["fixed"] == {"batch_size": 32, "learning_rate": float(winner)}
+    assert stored["num_samples"] == 1 and stored["exp_id"] == "twice" and "hyper_tune.py" in stored["command"]
+
+    write_space(workdir, "settings_wider", {"hidden_size": {"type": "choice", "list": [4, 8]},
+                                            "max_epoch": {"type": "choice", "list": [1]}})
+    changed = [*base[:5], "settings_wider", *base[6:-1], "2", "--learning_rate", "0.001", "--resume"]
+    refused = subprocess.run(changed, cwd=workdir, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    for fragment in ("--resume of experiment twice with other settings than it started with",
+                     "--num_samples: stored 1, now 2", f"--learning_rate: stored {float(winner)}, now 0.001",
+                     "search space: stored", "settings_wider.json", "Resume with the original command plus --resume:"):
+        assert fragment in refused.stderr, (fragment, refused.stderr)
+    assert "Started a local Ray instance" not in refused.stdout + refused.stderr
+
+    allowed = subprocess.run([*base, "--learning_rate", winner, "--resume", "--log_level", "WARNING"], cwd=workdir,
+                             env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert "Best trial config" in allowed.stdout

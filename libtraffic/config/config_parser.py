@@ -59,13 +59,15 @@ def resolve_task_model(task: str, model: str) -> dict:
     return task_entry[model]
 
 
-def dataset_config_path(dataset: str) -> Path:
-    """raw_data/<dataset>/config.json, after checking the dataset folder exists."""
-    folder = paths.raw_data_dir(dataset)
-    ensure_builtin_dataset(dataset, folder.parent)
+def dataset_config_path(dataset: str, data_path: str = "") -> Path:
+    """raw_data/<dataset>/config.json (or <data_path>/config.json), after checking the folder exists."""
+    folder = paths.raw_data_dir(dataset, data_path)
+    if not data_path:
+        ensure_builtin_dataset(dataset, folder.parent)
     if not folder.is_dir():
+        where = f"data_path {data_path!r}: " if data_path else ""
         raise LibTrafficError(
-            f"Dataset '{dataset}' not found: the folder {folder} does not exist.\n"
+            f"Dataset '{dataset}' not found: {where}the folder {folder} does not exist.\n"
             f"Put LibCity atomic files there: {dataset}.geo, {dataset}.rel, {dataset}.dyna and config.json "
             f"(optionally {dataset}.ext). LibCity's converted datasets (METR_LA, PEMS_BAY, LOS_LOOP, ...) "
             "load unchanged; copy their folders into ./raw_data/.\n"
@@ -83,8 +85,8 @@ def dataset_config_path(dataset: str) -> Path:
     return path
 
 
-def _dataset_layer(dataset: str) -> dict:
-    path = dataset_config_path(dataset)
+def _dataset_layer(dataset: str, data_path: str) -> dict:
+    path = dataset_config_path(dataset, data_path)
     raw = load_json(path, "dataset config")
     if not isinstance(raw, dict):
         raise LibTrafficError(f"The dataset config {path} must be a JSON object, got {type(raw).__name__}.")
@@ -94,6 +96,15 @@ def _dataset_layer(dataset: str) -> dict:
         raise LibTrafficError(f"The 'info' entry of {path} must be a JSON object.")
     layer.update(info)
     return layer
+
+
+def _config_file_layer(config_file: str) -> tuple[str, dict]:
+    """(source label, content) of --config_file."""
+    path = find_json_file(config_file, "Config file")
+    data = load_json(path, "config file")
+    if not isinstance(data, dict):
+        raise LibTrafficError(f"The config file {path} must hold a JSON object of config keys.")
+    return f"config file {path.name}", data
 
 
 def coerce_value(key: str, value: Any, default: Any, where: str) -> Any:
@@ -198,9 +209,12 @@ class ConfigParser(Mapping):
         components = {
             name: cli.get(name) or entry[name] for name in ("dataset_class", "executor", "evaluator")
         }
+        file_layer = _config_file_layer(config_file) if config_file else None
+        # data_path locates the dataset's config.json, so it is read from the layers above it first.
+        data_path = cli.get("data_path", file_layer[1].get("data_path", "") if file_layer else "")
         defaults: list[tuple[str, dict]] = [
             ("dataset info defaults", load_json(paths.CONFIG_DIR / "data" / "dataset_info.json", "defaults")),
-            (f"raw_data/{dataset}/config.json", _dataset_layer(dataset)),
+            (f"raw_data/{dataset}/config.json", _dataset_layer(dataset, str(data_path or ""))),
             ("config/base.json", load_json(paths.CONFIG_DIR / "base.json", "defaults")),
         ]
         for kind, folder in (("evaluator", "evaluator"), ("executor", "executor"), ("dataset_class", "data")):
@@ -228,12 +242,8 @@ class ConfigParser(Mapping):
         self.ignored: dict[str, str] = {}  # LibCity keys we accept but do not use -> why
         for source, layer in defaults:
             self._apply(layer, source, check=False)
-        if config_file:
-            path = find_json_file(config_file, "Config file")
-            data = load_json(path, "config file")
-            if not isinstance(data, dict):
-                raise LibTrafficError(f"The config file {path} must hold a JSON object of config keys.")
-            self._apply(data, f"config file {path.name}", check=True)
+        if file_layer:
+            self._apply(file_layer[1], file_layer[0], check=True)
         self._apply(fixed, "command line", check=False)
         self._apply(cli, "command line", check=True)
         if hyper_config_dict:
@@ -247,6 +257,8 @@ class ConfigParser(Mapping):
                 continue
             if check:
                 value = self._checked(key, value, source)
+            elif isinstance(value, str) and isinstance(self._types.get(key), list):
+                value = [value]  # "data_col": "speed" in a dataset's config.json means ["speed"]
             self._config[key] = value
             self.sources[key] = source
 

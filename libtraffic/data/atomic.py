@@ -153,11 +153,24 @@ def _read_dyna_arrow(path: Path, columns: list[str]) -> tuple[np.ndarray, np.nda
 
 
 def _parse_times(series: pd.Series, path: Path) -> np.ndarray:
+    """Times of a column read in file order (so row i is on line i + 2), as datetime64[s]."""
+    parsed = series
     if not pd.api.types.is_datetime64_any_dtype(series):
-        try:
-            series = pd.to_datetime(series, format="ISO8601", utc=True)
-        except (ValueError, TypeError) as err:
-            raise LibTrafficError(f"{path}: the time column has a value that is not an ISO time: {err}") from err
+        parsed = pd.to_datetime(series, format="ISO8601", utc=True, errors="coerce")
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        value = series.iloc[row]
+        empty = pd.isna(value) or not str(value).strip()
+        what = "an empty time" if empty else f"the time {_shown(value)}, which is not an ISO 8601 time"
+        fix = ("Fill in the time of that row (a missing reading is an empty reading, not an empty time)." if empty else
+               "Convert the column, e.g. with pandas.to_datetime(column, format='%m/%d/%Y %H:%M')"
+               ".dt.strftime('%Y-%m-%dT%H:%M:%SZ').")
+        raise LibTrafficError(
+            f"{path}: line {row + 2} has {what}. The time column needs an ISO 8601 time on every row, as LibCity "
+            f"writes them: 2012-03-01T00:00:00Z (or 2012-03-01 00:00:00). {fix}"
+        )
+    series = parsed
     if getattr(series.dt, "tz", None) is not None:
         series = series.dt.tz_convert("UTC").dt.tz_localize(None)
     return series.to_numpy().astype("datetime64[s]")
@@ -171,6 +184,9 @@ def read_dyna(path: Path, geo_ids: np.ndarray, data_col: list[str], time_interva
     """
     if not path.is_file():
         raise LibTrafficError(f"Missing atomic file {path}.")
+    if isinstance(time_intervals, bool) or not time_intervals > 0:
+        raise LibTrafficError(f"time_intervals is {time_intervals!r} (config.json of {path.parent.name}); it must be the "
+                              "positive number of seconds between time steps, e.g. 300 for 5-minute data.")
     try:
         head = pd.read_csv(path, nrows=0).columns
     except pd.errors.EmptyDataError as err:
@@ -197,6 +213,8 @@ def read_dyna(path: Path, geo_ids: np.ndarray, data_col: list[str], time_interva
     else:
         entities, times, values = fast
     num_nodes, rows = len(geo_ids), len(entities)
+    if rows == 0:
+        raise LibTrafficError(f"{path} has a header but no data rows; it needs one row per entity and time step.")
     node = pd.Index(geo_ids).get_indexer(entities)
     if (node < 0).any():
         row = int(np.flatnonzero(node < 0)[0])
@@ -205,13 +223,21 @@ def read_dyna(path: Path, geo_ids: np.ndarray, data_col: list[str], time_interva
             "every entity of .dyna must be listed in .geo."
         )
     del entities
+    counts = np.bincount(node, minlength=num_nodes)
+    if (counts == 0).any():
+        absent = geo_ids[counts == 0]
+        raise LibTrafficError(
+            f"{path}: {len(absent)} entit{'y' if len(absent) == 1 else 'ies'} of the .geo file "
+            f"({', '.join(_shown(g) for g in absent[:5])}{', ...' if len(absent) > 5 else ''}) "
+            f"{'has' if len(absent) == 1 else 'have'} no rows in .dyna. Every .geo entity needs one row per time step: "
+            "add the readings (empty for missing) or remove the entity from the .geo file."
+        )
     if rows % num_nodes:
         raise LibTrafficError(
             f"{path} has {rows} rows, not a multiple of the {num_nodes} entities in .geo: every entity "
             "needs one row per time step (entities x timesteps)."
         )
     steps = rows // num_nodes
-    counts = np.bincount(node, minlength=num_nodes)
     if (counts != steps).any():
         bad = int(np.flatnonzero(counts != steps)[0])
         raise LibTrafficError(

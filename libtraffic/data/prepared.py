@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = 2
 # Every config key that changes the prepared arrays; the cache key hashes their values.
 DATA_KEYS = (
-    "dataset", "data_col", "data_files", "geo_file", "rel_file", "ext_file", "ext_col", "weight_col",
+    "dataset", "data_path", "data_col", "data_files", "geo_file", "rel_file", "ext_file", "ext_col", "weight_col",
     "output_dim", "time_intervals", "init_weight_inf_or_zero", "set_weight_link_or_dist", "bidir_adj_mx",
     "calculate_weight_adj", "weight_adj_epsilon", "input_window", "output_window", "train_rate",
     "eval_rate", "scaler", "ext_scaler", "normal_external", "load_external", "add_time_in_day",
@@ -68,7 +68,7 @@ class PreparedData:
 
 def _files(config: Mapping[str, Any]) -> dict[str, Path]:
     dataset = config["dataset"]
-    folder = paths.raw_data_dir(dataset)
+    folder = paths.raw_data_dir(dataset, config["data_path"])
     data_files = config["data_files"] or [dataset]
     if isinstance(data_files, str):
         data_files = [data_files]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import pickle
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -108,20 +109,42 @@ class TrafficStateExecutor:
         torch.save(dict(state) if state is not None else self.state(self.start_epoch - 1), path)
         self.logger.info("Saved model at %s", path)
 
+    def read_checkpoint(self, path: Path, what: str, fix: str) -> dict[str, Any]:
+        """A checkpoint dict from ``path`` that fits this model; an empty, truncated or foreign file
+        (or a model of other settings) is a LibTrafficError naming ``what`` the file is for and ``fix``."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except (EOFError, OSError, RuntimeError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError,
+                UnicodeDecodeError, pickle.UnpicklingError) as err:
+            raise LibTrafficError(
+                f"{path} ({what}) is not a readable checkpoint ({type(err).__name__}, {str(err)[:160] or 'no detail'}): "
+                f"it is empty, truncated (a run interrupted while saving?) or not a libtraffic checkpoint. {fix}"
+            ) from err
+        keys = ("model_state_dict", "optimizer_state_dict", "epoch", "best_val_loss", "best_epoch")
+        if not isinstance(state, dict) or any(k not in state for k in keys):
+            found = type(state).__name__ + (f" with keys {', '.join(map(str, list(state)[:4]))}" if isinstance(state, dict) else "")
+            raise LibTrafficError(
+                f"{path} ({what}) holds a {found}, not a libtraffic checkpoint (a dict with {', '.join(keys)}); "
+                f"was it written by another program? (LibCity saves a tuple.) {fix}"
+            )
+        try:
+            self.model.load_state_dict(state["model_state_dict"])
+        except (RuntimeError, TypeError, AttributeError) as err:  # other shapes or names: other settings
+            saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+            differ = [f"--{k} {saved[k]}" for k in sorted(saved) if k not in ("train", "epoch") and saved[k] != self.config.get(k)]
+            raise LibTrafficError(
+                f"The model in {path} does not fit this run's settings; it was trained with "
+                f"{' '.join(differ) or 'other settings'}. Use the settings it was trained with."
+            ) from err
+        return state
+
     def load_model(self, path: str | Path) -> dict[str, Any]:
         path = Path(path)
         if not path.is_file():
             raise LibTrafficError(f"Model file {path} does not exist; train first (--train true) or check --exp_id.")
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        try:
-            self.model.load_state_dict(state["model_state_dict"])
-        except RuntimeError as err:  # shapes differ: the run's settings are not those of training
-            saved = state.get("config", {})
-            differ = [f"--{k} {saved[k]}" for k in sorted(saved) if k != "train" and saved[k] != self.config.get(k)]
-            raise LibTrafficError(
-                f"The model in {path} does not fit this run's settings; it was trained with "
-                f"{' '.join(differ) or 'other settings'}. Evaluate it with the settings it was trained with."
-            ) from err
+        state = self.read_checkpoint(path, "the saved model evaluated by --train false",
+                                     "Rewrite it by resuming from an epoch checkpoint (--epoch K with the same --exp_id, "
+                                     "K from the *_epoch<K>.tar files beside it), or train again with a new --exp_id.")
         self.logger.info("Loaded model from %s", path)
         return state
 
@@ -196,9 +219,7 @@ class TrafficStateExecutor:
         """
         self._data_generator = getattr(train_loader, "generator", None)
         if self.config["epoch"] > 0 and self.start_epoch == 0:
-            self.load_state(self._read_checkpoint(self._existing_epoch_file(self.config["epoch"])))
-            self._restore_best_state()
-            self.logger.info("Resuming training after epoch %d (best epoch so far %d)", self.config["epoch"], self.best_epoch)
+            self._resume_from(self.config["epoch"])
         if self._resumed_rng is not None:
             _set_rng_state(self._resumed_rng, self._data_generator)
             self._resumed_rng = None
@@ -223,23 +244,25 @@ class TrafficStateExecutor:
         self._close_writer()
         return self.best_val_loss
 
-    def _read_checkpoint(self, path: Path) -> dict[str, Any]:
-        return torch.load(path, map_location=self.device, weights_only=False)
-
-    def _restore_best_state(self) -> None:
-        """After resuming from an epoch file: the best epoch's state, from its own epoch file."""
-        resumed = self.start_epoch - 1
-        if self.best_epoch == resumed:
-            self.best_state = copy.deepcopy(self.state(resumed))
-            return
-        path = self.epoch_file(self.best_epoch)
-        if self.best_epoch >= 0 and path.is_file():
-            self.best_state = self._read_checkpoint(path)
-            return
-        raise LibTrafficError(
-            f"Cannot resume: the best epoch so far ({self.best_epoch}) has no checkpoint {path}, so the best "
-            "model could not be kept. Resume from the experiment whose epoch files are complete, or retrain."
-        )
+    def _resume_from(self, epoch: int) -> None:
+        """Load epoch ``epoch``'s checkpoint, and the best epoch so far from its own checkpoint."""
+        fix = ("Resume from another epoch's checkpoint (--epoch K of another *_epoch<K>.tar beside it), or train "
+               "again with a new --exp_id.")
+        state = self.read_checkpoint(self._existing_epoch_file(epoch), f"the checkpoint --epoch {epoch} resumes from", fix)
+        best = state
+        if state["best_epoch"] != epoch:
+            path = self.epoch_file(state["best_epoch"])
+            if state["best_epoch"] < 0 or not path.is_file():
+                raise LibTrafficError(
+                    f"Cannot resume: the best epoch so far ({state['best_epoch']}) has no checkpoint {path}, so the "
+                    "best model could not be kept. Resume from the experiment whose epoch files are complete, or "
+                    "train again with a new --exp_id."
+                )
+            best = self.read_checkpoint(path, "the best epoch's checkpoint", fix)
+        self.load_state(state)  # after reading the best one: read_checkpoint loads weights into the model
+        # A copy: the optimiser may share its state tensors with the dict it was loaded from.
+        self.best_state = copy.deepcopy(best)
+        self.logger.info("Resuming training after epoch %d (best epoch so far %d)", epoch, self.best_epoch)
 
     def _existing_epoch_file(self, epoch: int) -> Path:
         path = self.epoch_file(epoch)

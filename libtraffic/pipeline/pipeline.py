@@ -11,20 +11,44 @@ from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.executor import get_executor
 from libtraffic.model import get_model
-from libtraffic.utils import paths
+from libtraffic.utils import experiment_lock, paths
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.logger import get_logger
 from libtraffic.utils.device import set_threads
 from libtraffic.utils.seed import set_random_seed
 
 
-def new_exp_id() -> int:
-    """A random experiment id whose folder does not exist yet."""
+def default_names(task: str | None, model: str | None, dataset: str | None) -> tuple[str, str, str]:
+    """LibCity's defaults for the names not given; an empty name stays empty and is refused by name."""
+    return ("traffic_state_pred" if task is None else task, "GRU" if model is None else model,
+            "METR_LA" if dataset is None else dataset)
+
+
+def claim_new_experiment(exp_id: str | int | None, taken_hint: str) -> str | int:
+    """Create the folder of a new experiment atomically and return its id.
+
+    ``exp_id`` None picks a fresh random id. A given id whose folder exists (an older experiment, or
+    another run started at the same moment) stops with ``taken_hint``.
+    """
     rng = random.SystemRandom()
     while True:
-        exp_id = rng.randint(0, 100000)
-        if not paths.experiment_dir(exp_id).exists():
-            return exp_id
+        candidate = rng.randint(0, 100000) if exp_id is None else exp_id
+        folder = paths.experiment_dir(candidate)
+        if experiment_lock.claim_new(folder):
+            return candidate
+        if exp_id is not None:
+            raise LibTrafficError(f"Experiment folder {folder} already exists; {taken_hint}")
+
+
+def _existing_experiment(config: ConfigParser) -> str | int:
+    """The experiment --train false / --epoch K works on; it must exist."""
+    mode = "--train false" if not config["train"] else f"--epoch {config['epoch']}"
+    exp_id = config["exp_id"]
+    if exp_id is None:
+        raise LibTrafficError(f"{mode} works on an existing experiment: add the --exp_id of the run that trained it.")
+    if not paths.experiment_dir(exp_id).is_dir():
+        raise LibTrafficError(f"{mode}: there is no experiment folder {paths.experiment_dir(exp_id)}; check --exp_id.")
+    return exp_id
 
 
 def run_model(task: str | None = None, model_name: str | None = None, dataset_name: str | None = None,
@@ -33,17 +57,22 @@ def run_model(task: str | None = None, model_name: str | None = None, dataset_na
     """Train (unless train is false) and test one model; returns the test metrics.
 
     Files: libtraffic/log/<exp_id>-..., libtraffic/cache/<exp_id>/{model_cache,evaluate_cache,...}.
+    A new training run claims its experiment folder; --train false / --epoch K reuse one, holding
+    its lock (shared when only evaluating) so that two runs never write into the same folder.
     """
-    config = ConfigParser(task or "traffic_state_pred", model_name or "GRU", dataset_name or "METR_LA",
-                          config_file, saved_model, train, other_args)
+    config = ConfigParser(*default_names(task, model_name, dataset_name), config_file, saved_model, train, other_args)
+    new = config["train"] and config["epoch"] == 0
+    if new:
+        config["exp_id"] = claim_new_experiment(
+            config["exp_id"], "choose a new --exp_id, or pass --train false to evaluate its saved model "
+            "(or --epoch N to resume training from it).")
+    folder = paths.experiment_dir(_existing_experiment(config))
+    with experiment_lock.using(folder, exclusive=config["train"], discard_on_failure=lambda: new):
+        return _run(config)
+
+
+def _run(config: ConfigParser) -> dict[str, float]:
     exp_id = config["exp_id"]
-    if exp_id is None:
-        config["exp_id"] = exp_id = new_exp_id()
-    elif config["train"] and config["epoch"] == 0 and paths.experiment_dir(exp_id).exists():
-        raise LibTrafficError(
-            f"Experiment folder {paths.experiment_dir(exp_id)} already exists; choose a new --exp_id, "
-            "or pass --train false to evaluate its saved model (or --epoch N to resume training from it)."
-        )
     logger = get_logger(config)
     logger.info("Begin pipeline, task=%s, model_name=%s, dataset_name=%s, exp_id=%s",
                 config["task"], config["model"], config["dataset"], exp_id)
@@ -58,13 +87,30 @@ def run_model(task: str | None = None, model_name: str | None = None, dataset_na
     model = get_model(config, data_feature)
     executor = get_executor(config, model, data_feature, logger)
     model_file = paths.model_cache_file(exp_id, config["model"], config["dataset"])
-    if config["train"] or not model_file.exists():
-        if not config["train"]:
-            raise LibTrafficError(f"--train false but there is no saved model {model_file}; train it first.")
-        executor.train(train_data, valid_data)
+    if config["train"]:
+        try:
+            executor.train(train_data, valid_data)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(interrupted_message(config)) from None
         if config["saved_model"]:
             use_best = config["load_best_epoch"] and executor.best_state is not None
             executor.save_model(model_file, executor.best_state if use_best else executor.state(executor.start_epoch - 1))
+    elif not model_file.exists():
+        raise LibTrafficError(f"--train false but there is no saved model {model_file}; train it first.")
     else:
         executor.load_model(model_file)
     return executor.evaluate(test_data)
+
+
+def interrupted_message(config: ConfigParser) -> str:
+    """What a Ctrl-C during training kept, and the command that continues it."""
+    exp_id = config["exp_id"]
+    folder = paths.experiment_dir(exp_id) / "model_cache"
+    prefix = f"{config['model']}_{config['dataset']}_epoch"
+    epochs = sorted(int(p.name[len(prefix):-4]) for p in folder.glob(f"{prefix}*.tar") if p.name[len(prefix):-4].isdigit())
+    if not epochs:
+        return (f"Interrupted: experiment {exp_id} saved no epoch checkpoint yet, so there is nothing to resume "
+                f"({paths.experiment_dir(exp_id)} holds only TensorBoard events). Start again with a new --exp_id.")
+    return (f"Interrupted: experiment {exp_id} keeps the checkpoints of epoch(s) {', '.join(map(str, epochs))} in "
+            f"{folder} (the best model file is written when training ends). Continue training with the same command "
+            f"plus --epoch {epochs[-1]} --exp_id {exp_id}.")

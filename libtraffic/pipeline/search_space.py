@@ -95,6 +95,26 @@ class SearchSpace:
             return math.inf
         return entry["upper"]
 
+    def corners(self, key: str) -> list[tuple[Any, str]]:
+        """The extreme values entry ``key`` can give, each with a note for messages: every listed
+        value, the ends of a range (the largest value below an excluded upper end), mean -/+ 3 sd."""
+        entry = self.entries[key]
+        kind = entry["type"]
+        if kind in ("choice", "grid_search"):
+            return [(value, kind) for value in entry["list"]]
+        if kind == "randn":
+            mean, sd = entry["mean"], entry["sd"]
+            return [(mean - 3 * sd, "randn mean - 3 sd"), (mean + 3 * sd, "randn mean + 3 sd")]
+        lower, upper = entry.get("lower", 0), entry["upper"]
+        if kind in ("uniform", "loguniform"):
+            return [(lower, f"{kind} lower end"), (math.nextafter(upper, -math.inf), f"{kind} just below upper {upper}")]
+        if kind in ("randint", "lograndint"):
+            return [(int(lower), f"{kind} lower end"), (int(upper) - 1, f"{kind} largest value (upper {upper} excluded)")]
+        q = entry["q"]
+        if kind == "qrandint":
+            return [(int(math.ceil(lower / q) * q), "qrandint smallest value"), (int(math.floor(upper / q) * q), "qrandint largest value")]
+        return [(lower, "quniform lower end"), (upper, "quniform upper end")]
+
     def sample(self, rng: np.random.Generator, count: int) -> list[dict[str, Any]]:
         """``count`` configurations drawn without Ray (for --dry_run); grids enumerate first."""
         grid_keys = [k for k, e in self.entries.items() if e["type"] == "grid_search"]

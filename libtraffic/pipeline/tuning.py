@@ -22,11 +22,12 @@ import torch
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS
-from libtraffic.pipeline.pipeline import new_exp_id
+from libtraffic.pipeline import dry_run, experiment
+from libtraffic.pipeline.pipeline import default_names, claim_new_experiment
 from libtraffic.pipeline.search_space import DEFAULT_SPACE, SearchSpace, load_search_space
 from libtraffic.pipeline.trial import TrialSettings, train_trial
 from libtraffic.pipeline import tune_report
-from libtraffic.utils import paths
+from libtraffic.utils import experiment_lock, paths
 from libtraffic.utils.device import set_threads
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.logger import get_logger
@@ -150,7 +151,10 @@ def _log_overrides(config: ConfigParser, space: SearchSpace, logger: logging.Log
             logger.info(message, key, config[key], source)
 
 
-def _dry_run(config: ConfigParser, space: SearchSpace, opts: TuneOptions, logger: logging.Logger) -> None:
+def _dry_run(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: int,
+             other_args: Mapping[str, Any] | None) -> None:
+    """Print a few sampled configurations, then build every corner of the space (dry_run.py) and
+    check the experiment id; all problems are reported together. Nothing is written."""
     rng = np.random.default_rng(config["seed"])
     count = min(opts.num_samples * space.grid_size(), 5)
     print(f"Dry run: space file {space.path} is valid for --search_alg {opts.search_alg}; "
@@ -160,7 +164,21 @@ def _dry_run(config: ConfigParser, space: SearchSpace, opts: TuneOptions, logger
         shown = {k: trial[k] for k in ("model", "dataset", "hidden_size", "num_layers", "dropout", "learning_rate",
                                        "max_epoch", "batch_size", "input_window", "output_window", "scaler") if k in trial}
         print(f"  [{i}] sampled {sampled}\n      resolved {shown | sampled}")
-    logger.info("Dry run finished; nothing was trained.")
+
+    def check_exp_id() -> None:
+        exp_id = config["exp_id"]
+        if exp_id is None:
+            return
+        if not opts.resume:
+            _refuse_existing(exp_id)
+            return
+        _check_resumable(exp_id)
+        if not experiment.check_resume(_settings(config, space, opts, gpus, other_args)):
+            print(f"Note: experiment {exp_id} has no {experiment.SETTINGS_FILE}; its settings cannot be compared.")
+
+    built = dry_run.check_space(config, space, config["seed"], check_exp_id)
+    print(f"Dry run: built the dataset, model, optimiser, LR scheduler and evaluator of {built} configuration(s) "
+          "(a base sample and every corner of each entry): no problem found. Nothing was trained.")
 
 
 def hyper_parameter(task: str | None = None, model_name: str | None = None, dataset_name: str | None = None,
@@ -172,37 +190,42 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
     """Tune the model named by ``model_name`` over ``space_file``; returns the best trial's summary."""
     opts = TuneOptions(space_file or DEFAULT_SPACE, scheduler or "FIFO", search_alg or "BasicSearch", num_samples, max_concurrent,
                        cpu_per_trial, gpu_per_trial, resume, dry_run, time_budget_s)
-    config = ConfigParser(task or "traffic_state_pred", model_name or "GRU", dataset_name or "METR_LA",
-                          config_file, other_args=other_args)
+    config = ConfigParser(*default_names(task, model_name, dataset_name), config_file, other_args=other_args)
     config["hyper_tune"] = True
     gpus = _check_options(opts)
     space = load_search_space(opts.space_file, config, opts.search_alg)
     fixed = sorted(FIXED_KEYS & set(space.entries))
     if fixed:
         raise LibTrafficError(f"{space.path}: '{fixed[0]}' cannot be tuned; set it with --{fixed[0]} instead.")
-    exp_id = config["exp_id"]
-    if exp_id is None and opts.resume:
+    if config["exp_id"] is None and opts.resume:
         raise LibTrafficError("--resume needs the --exp_id of the experiment to continue.")
-    if exp_id is None:
-        config["exp_id"] = exp_id = new_exp_id()
-    ray_dir = paths.hyper_tune_dir() / str(exp_id)
-    if not opts.dry_run:
-        if opts.resume and not ray_dir.is_dir():
-            raise LibTrafficError(f"--resume: no experiment {ray_dir} to continue; check --exp_id.")
-        if not opts.resume and (ray_dir.exists() or paths.experiment_dir(exp_id).exists()):
-            raise LibTrafficError(
-                f"Experiment {exp_id} already exists ({ray_dir}). Continue it with --resume --exp_id {exp_id}, "
-                "or choose a new --exp_id."
-            )
+    if opts.dry_run:
+        return _dry_run(config, space, opts, gpus, other_args)
+    ray_dir = _claim_experiment(config, opts.resume)
+    settings = _settings(config, space, opts, gpus, other_args)
+    # A new run that fails before Ray starts leaves no experiment behind (its --exp_id stays free).
+    with experiment_lock.using(paths.experiment_dir(config["exp_id"]),
+                               discard_on_failure=lambda: not (opts.resume or ray_dir.exists()),
+                               disposable=frozenset({experiment_lock.LOCK_FILE, experiment.SETTINGS_FILE})):
+        checked = opts.resume and experiment.check_resume(settings)
+        if not opts.resume:
+            experiment.write_settings(settings)
+        return _tune(config, space, opts, gpus, ray_dir, settings_checked=checked or not opts.resume)
+
+
+def _tune(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: int, ray_dir: Path,
+          settings_checked: bool) -> dict[str, Any]:
+    """Prepare the data once, run Ray Tune, report; the experiment folder is claimed and locked."""
+    exp_id = config["exp_id"]
     logger = get_logger(config)
     logger.info("Begin hyperparameter tuning: task=%s, model=%s, dataset=%s, exp_id=%s, search_alg=%s, scheduler=%s",
                 config["task"], config["model"], config["dataset"], exp_id, opts.search_alg, opts.scheduler)
+    if not settings_checked:
+        logger.warning("Experiment %s has no %s (started by an older version): its settings cannot be checked.",
+                       exp_id, experiment.SETTINGS_FILE)
     config.log_sources(logger)
     set_threads(config, logger)  # the driver's data preparation and final test evaluation
     _log_overrides(config, space, logger)
-    if opts.dry_run:
-        _dry_run(config, space, opts, logger)
-        return None
     data_tuned = sorted(set(space.entries) & set(DATA_KEYS))
     prepared = None
     if data_tuned:
@@ -215,6 +238,54 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
     start = time.perf_counter()
     results = _run_ray(config, space, opts, gpus, max_t, prepared, ray_dir, logger)
     return tune_report.finish(config, space, results, logger, prepared, time.perf_counter() - start)
+
+
+def _settings(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: int,
+              other_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The experiment's record (hyper_tune_experiment.json), compared on --resume."""
+    options = {"search_alg": opts.search_alg, "scheduler": opts.scheduler, "num_samples": opts.num_samples,
+               "max_concurrent": opts.max_concurrent, "cpu_per_trial": opts.cpu_per_trial, "gpu_per_trial": gpus,
+               "time_budget_s": opts.time_budget_s}
+    return experiment.experiment_settings(config, space.path, space.entries, options, set(other_args or {}))
+
+
+def _refuse_existing(exp_id: str | int) -> None:
+    """A new tuning run may not reuse an experiment id; the message names the folder that exists."""
+    folder = paths.experiment_dir(exp_id)  # also checks that the id is a plain name
+    ray_dir = paths.hyper_tune_dir() / str(exp_id)
+    if ray_dir.exists():
+        raise LibTrafficError(f"Experiment {exp_id} already exists ({ray_dir}). Continue it with --resume --exp_id "
+                              f"{exp_id}, or choose a new --exp_id.")
+    if folder.exists():
+        kind = ("a tuning experiment whose Ray folder is gone" if experiment.settings_file(exp_id).is_file()
+                else "a run_model.py experiment")
+        raise LibTrafficError(f"Experiment folder {folder} already exists ({kind}: there is no {ray_dir}, so "
+                              "--resume cannot continue it). Choose a new --exp_id.")
+
+
+def _check_resumable(exp_id: str | int) -> Path:
+    paths.experiment_dir(exp_id)  # checks that the id is a plain name
+    ray_dir = paths.hyper_tune_dir() / str(exp_id)
+    if not ray_dir.is_dir():
+        raise LibTrafficError(f"--resume: no experiment {ray_dir} to continue; check --exp_id.")
+    return ray_dir
+
+
+def _claim_experiment(config: ConfigParser, resume: bool) -> Path:
+    """Check (resume) or atomically create (new run) the experiment of config['exp_id']; returns
+    Ray's experiment folder. A new run without --exp_id gets a fresh random id."""
+    if resume:
+        ray_dir = _check_resumable(config["exp_id"])
+        paths.make_dir(paths.experiment_dir(config["exp_id"]))
+        return ray_dir
+    if config["exp_id"] is not None:
+        _refuse_existing(config["exp_id"])
+    config["exp_id"] = claim_new_experiment(
+        config["exp_id"], "another run took this --exp_id a moment ago; choose a new --exp_id.")
+    ray_dir = paths.hyper_tune_dir() / str(config["exp_id"])
+    if ray_dir.exists():
+        raise LibTrafficError(f"Ray's experiment folder {ray_dir} already exists; choose a new --exp_id.")
+    return ray_dir
 
 
 def _ray_init(threads: int) -> None:

@@ -24,7 +24,7 @@ def get_logger(config: Mapping[str, Any], name: str = "libtraffic") -> logging.L
         handler.close()
     stamp = datetime.datetime.now().strftime("%b-%d-%Y_%H-%M-%S")
     log_file = paths.log_dir() / f"{config['exp_id']}-{config['model']}-{config['dataset']}-{stamp}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    paths.make_dir(log_file.parent)
     file_handler = logging.FileHandler(log_file)
     file_handler.setFormatter(logging.Formatter(FORMAT))
     file_handler.setLevel(logging.DEBUG)

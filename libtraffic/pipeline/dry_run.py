@@ -1,0 +1,118 @@
+"""--dry_run: build every real component for the corners of the search space, train nothing.
+
+A space is checked cheaply, without the combinatorial product: one sampled base configuration,
+then that base with one entry changed to each of its corner values (every listed value, both ends
+of a range). Each candidate goes through the real ConfigParser, dataset (the atomic files are
+read and prepared once per distinct data setting), model, optimiser, LR scheduler and evaluator,
+so a value that would fail at the start of training fails here, named with its space entry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from libtraffic.config import ConfigParser
+from libtraffic.data import get_dataset
+from libtraffic.data.prepared import DATA_KEYS, PreparedData
+from libtraffic.executor import get_executor
+from libtraffic.model import get_model
+from libtraffic.pipeline.search_space import SearchSpace
+from libtraffic.utils.errors import LibTrafficError
+
+# What building a component with a bad value raises: user mistakes, and the errors PyTorch
+# raises for impossible arguments (reported too, since they would end the trial the same way).
+_BUILD_ERRORS = (LibTrafficError, ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: str  # "entry 'dropout' = 1.5 (choice)"
+    sampled: dict[str, Any]
+
+
+def candidates(space: SearchSpace, base: dict[str, Any]) -> list[Candidate]:
+    """The fixed settings alone; each entry alone at each of its corners (so one bad value cannot
+    hide another); then whole samples: ``base``, every entry at its first corner, every entry at its last."""
+    result = [Candidate("the fixed settings (flags, --config_file and defaults)", {})]
+    for key in space.entries:
+        result += [Candidate(f"entry '{key}' = {value!r} ({note})", {key: value}) for value, note in space.corners(key)]
+    first = {key: space.corners(key)[0][0] for key in space.entries}
+    last = {key: space.corners(key)[-1][0] for key in space.entries}
+    result += [Candidate(f"the sample {base}", base), Candidate(f"the sample {first} (first corners)", first),
+               Candidate(f"the sample {last} (last corners)", last)]
+    unique, seen = [], set()
+    for candidate in result:
+        if repr(sorted(candidate.sampled.items())) not in seen:
+            seen.add(repr(sorted(candidate.sampled.items())))
+            unique.append(candidate)
+    return unique
+
+
+def _error_text(err: BaseException) -> str:
+    return str(err) if isinstance(err, LibTrafficError) else f"{type(err).__name__}: {err}"
+
+
+class _Builder:
+    """Builds the components of one candidate; prepares each distinct data setting once."""
+
+    def __init__(self, config: ConfigParser) -> None:
+        # The files are read (not a possibly older cache), and a dry run leaves no cache behind.
+        self.config = config.with_overrides({"cache_dataset": False}, source="dry run")
+        self.prepared: dict[str, PreparedData | BaseException] = {}
+        self.logger = logging.getLogger("libtraffic.dry_run")
+
+    def _prepare(self, trial: ConfigParser, dataset) -> PreparedData:
+        key = repr([trial[k] for k in DATA_KEYS])
+        if key not in self.prepared:
+            try:
+                self.prepared[key] = dataset.prepare()
+            except _BUILD_ERRORS as err:
+                self.prepared[key] = err
+        found = self.prepared[key]
+        if isinstance(found, BaseException):
+            raise found
+        return found
+
+    def build(self, sampled: dict[str, Any]) -> None:
+        trial = self.config.with_overrides(sampled)
+        dataset = get_dataset(trial)
+        dataset.prepared = self._prepare(trial, dataset)
+        dataset.get_data()
+        data_feature = dataset.get_data_feature()
+        get_executor(trial, get_model(trial, data_feature), data_feature, self.logger)
+
+
+def check_space(config: ConfigParser, space: SearchSpace, seed: int, extra: Callable[[], None] | None = None) -> int:
+    """Build every candidate; raise one LibTrafficError listing every problem, or return how many
+    configurations were built. ``extra`` runs one more check (the experiment id) and may raise."""
+    builder = _Builder(config)
+    base = space.sample(np.random.default_rng(seed), 1)[0]
+    problems: list[str] = []
+    reported: set[str] = set()  # an error already shown (by the fixed settings or one entry) is not repeated
+    built = 0
+    for candidate in candidates(space, base):
+        try:
+            builder.build(candidate.sampled)
+            built += 1
+        except _BUILD_ERRORS as err:
+            text = _error_text(err)
+            if text not in reported:
+                reported.add(text)
+                problems.append(f"{candidate.label}: {text}")
+    if extra is not None:
+        try:
+            extra()
+        except LibTrafficError as err:
+            problems.append(str(err))
+    if problems:
+        raise LibTrafficError(
+            f"Dry run: {len(problems)} problem(s) found before any training (space file {space.path}):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + "\nFix the space file, the flags or the dataset, then run again."
+        )
+    return built
