@@ -171,8 +171,8 @@ def test_gradient_clipping(tiny_dataset: str) -> None:
 
 
 def test_early_stopping(tiny_dataset: str, caplog: pytest.LogCaptureFixture) -> None:
-    # A learning rate of 0 keeps the validation loss constant: never an improvement after epoch 0.
-    executor, (train, valid, _) = build(tiny_dataset, learning_rate=0.0, use_early_stop=True, patience=2, max_epoch=10)
+    # A learning rate of 1e-30 leaves float32 weights unchanged: never an improvement after epoch 0.
+    executor, (train, valid, _) = build(tiny_dataset, learning_rate=1e-30, use_early_stop=True, patience=2, max_epoch=10)
     executor.train(train, valid)
     assert [h["epoch"] for h in executor.history] == [0, 1, 2]
     assert executor.best_epoch == 0
