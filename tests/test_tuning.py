@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,61 +15,25 @@ import pytest
 import torch
 
 from libtraffic.data.synthetic import write_synthetic_dataset
+from tests.ray_nodes import RAY_ENV, free_port, start_node
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = "TUNE_TINY"
 TIMEOUT = 400
-# A test-only local cluster; token auth would make the drivers' connections fail.
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """One Ray head for the whole module; hyper_tune.py connects to it through RAY_ADDRESS.
 
-    The head runs in the foreground (``ray start --block``) in its own process group with its own
-    temp dir; teardown ends that group only, never another Ray on the machine (no ``ray stop``).
+    Started and ended by tests/ray_nodes.py: its own process group and temp dir, never ``ray stop``.
     """
-    temp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, **RAY_ENV}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    start = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus", "2",
-             "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats", "--port", str(port),
-             "--temp-dir", str(temp)]
-    log = open(temp / "head.log", "w")
-    head = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=temp, start_new_session=True)
+    port = free_port()
+    head = start_node(tmp_path_factory.mktemp("ray"), head_port=port, num_cpus=2)
     try:
-        _wait_for_port(port, head, temp / "head.log")
         yield f"127.0.0.1:{port}"
     finally:
-        _end_group(head)
-        log.close()
-
-
-def _wait_for_port(port: int, head: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert head.poll() is None, log.read_text()
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"Ray head did not open port {port}: {log.read_text()}")
-
-
-def _end_group(head: subprocess.Popen) -> None:
-    """SIGTERM to the head's process group (ray start --block then ends what it started)."""
-    try:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=30)
+        head.end()
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +188,8 @@ def test_interrupted_run_resumes_without_repeating_trials(workdir, ray_cluster):
     # Interrupt once the second trial has reported an epoch: by then Ray has recorded the first
     # as finished in its saved experiment state.
     while time.time() < deadline and second is None:
-        first = next(iter(ray_dir.glob("train_trial_*_0_*")), None)
-        candidate = next(iter(ray_dir.glob("train_trial_*_1_*")), None)
+        first = next(iter(ray_dir.glob("trial_00000")), None)
+        candidate = next(iter(ray_dir.glob("trial_00001")), None)
         if candidate is not None and (candidate / "progress.csv").is_file() and \
                 len((candidate / "progress.csv").read_text().strip().splitlines()) >= 2:
             second = candidate

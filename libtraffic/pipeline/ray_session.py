@@ -101,6 +101,7 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
     import ray
 
     _quiet_environment()
+    quiet_exit_in_callbacks()
     if ray.is_initialized():
         return Session(owned=False, address=ray.get_runtime_context().gcs_address)
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -185,6 +186,26 @@ def check_storage_shared(session: Session, storage: str) -> None:
             f"{session.describe()} cannot reach it, so their trials' checkpoints would be lost. Pass a folder every "
             "node mounts (NFS) or a URI such as s3://bucket/path (see the README, 'Running on a Ray cluster')."
         )
+
+
+def quiet_exit_in_callbacks() -> None:
+    """Drop the "Exception ignored in ... SystemExit" report of a process Ray is ending.
+
+    Ray ends a worker (a finished trial's, or every worker when a driver shuts down) with SIGTERM,
+    and its handler raises SystemExit wherever the process is; inside a weakref or __del__
+    callback Python cannot raise it and prints it with a traceback instead. Other unraisable
+    exceptions are still reported.
+    """
+    if getattr(sys.unraisablehook, "_libtraffic", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, (SystemExit, KeyboardInterrupt)):
+            previous(unraisable)
+
+    hook._libtraffic = True
+    sys.unraisablehook = hook
 
 
 def interrupt_hint(exp_id: str | int) -> str:

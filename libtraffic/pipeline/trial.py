@@ -17,6 +17,7 @@ from libtraffic.data import get_dataset
 from libtraffic.data.prepared import PreparedData, RawData, prepared_for
 from libtraffic.executor import get_executor
 from libtraffic.model import get_model
+from libtraffic.pipeline.ray_session import quiet_exit_in_callbacks
 from libtraffic.utils.seed import derive_seed, set_random_seed
 
 CHECKPOINT_FILE = "state.pt"
@@ -63,6 +64,7 @@ def train_trial(sampled: dict[str, Any], base_config: ConfigParser, shared: Prep
     loss, so the one checkpoint Ray keeps is the trial's best epoch; resuming restarts after it.
     """
     torch.set_num_threads(settings.threads)
+    quiet_exit_in_callbacks()
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint otherwise
     seed = derive_seed(settings.base_seed, trial_index(tune.get_context()))
     config = trial_config(base_config, sampled, seed)

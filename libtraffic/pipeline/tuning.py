@@ -251,6 +251,7 @@ def _run_ray(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t:
         # warnings on Ctrl-C (its Tuner.restore hint) give way to ours.
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # trials not started yet
         settings = TrialSettings(base_seed=config["seed"], threads=opts.cpu_per_trial)
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, base_config=config, shared=shared, settings=settings),
