@@ -36,15 +36,23 @@ class Node:
         return self.proc.poll() is None
 
     def end(self) -> None:
-        """SIGTERM to the node's process group (ray start --block then ends what it started)."""
+        end_nodes([self])
+
+
+def end_nodes(nodes: list[Node]) -> None:
+    """SIGTERM to each node's process group at once (ray start --block then ends what it started);
+    SIGKILL to a group still there after a minute."""
+    for node in nodes:
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=60)
+            os.killpg(node.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            pass
+    for node in nodes:
+        try:
+            node.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+            os.killpg(node.proc.pid, signal.SIGKILL)
+            node.proc.wait(timeout=30)
 
 
 def start_node(temp: Path, *, head_port: int | None = None, address: str | None = None, num_cpus: int = 1,

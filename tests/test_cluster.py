@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from libtraffic.data.synthetic import write_synthetic_dataset
-from tests.ray_nodes import RAY_ENV, free_port, start_node, wait_until
+from tests.ray_nodes import RAY_ENV, end_nodes, free_port, start_node, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = "CL_TINY"
@@ -39,8 +39,7 @@ def cluster(tmp_path_factory):
         nodes.append(start_node(temp / "worker", address=f"127.0.0.1:{port}", num_cpus=1, num_gpus=1, env=env))
         yield f"127.0.0.1:{port}", nodes
     finally:
-        for node in reversed(nodes):
-            node.end()
+        end_nodes(nodes)
 
 
 @pytest.fixture(scope="module")

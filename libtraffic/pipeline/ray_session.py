@@ -105,8 +105,10 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
     if ray.is_initialized():
         return Session(owned=False, address=ray.get_runtime_context().gcs_address)
     address = address or os.environ.get("RAY_ADDRESS") or None
+    # Trial workers' own output stays in Ray's session logs (logs/worker-*.err on each node): the
+    # trial table, the results file and the failed trials' errors say what happened.
     kwargs = dict(runtime_env=runtime_env(threads, storage), include_dashboard=False, logging_level=logging.WARNING,
-                  log_to_driver=True, configure_logging=True)
+                  log_to_driver=False, configure_logging=True)
     if address is None:
         # Ray enables token authentication on a new local instance and warns that it did so; the
         # instance is private to this run, so its default stays and the warning goes.
@@ -148,7 +150,7 @@ def check_resources(session: Session, cpu_per_trial: int, gpu_per_trial: float |
     gpu = gpu_per_trial if gpu_per_trial is not None else (1 if gpus else 0)
     nodes = [node["Resources"] for node in _alive_nodes()]
     if not any(n.get("CPU", 0) >= cpu_per_trial and n.get("GPU", 0) >= gpu for n in nodes):
-        have = "; ".join(f"{n.get('CPU', 0):g} CPU(s), {n.get('GPU', 0):g} GPU(s)" for n in nodes)
+        have = "; ".join(sorted(f"{n.get('CPU', 0):g} CPU(s), {n.get('GPU', 0):g} GPU(s)" for n in nodes))
         raise LibTrafficError(
             f"--cpu_per_trial {cpu_per_trial} --gpu_per_trial {gpu:g} cannot be satisfied: no node of "
             f"{session.describe()} has that much ({len(nodes)} node(s): {have}), so every trial would wait forever. "
@@ -213,14 +215,29 @@ def interrupt_hint(exp_id: str | int) -> str:
 
 
 class CtrlC:
-    """Ctrl-C during Tuner.fit(): the first asks Ray Tune to stop after saving the experiment state,
-    the second stops at once. Both print our message only; works with TUNE_DISABLE_SIGINT_HANDLER=1.
+    """Ctrl-C while tuning. Inside Tuner.fit() the first asks Ray Tune to stop after saving the
+    experiment state, the second stops at once; elsewhere (Ray start-up, shutdown, the end of the
+    run) it stops at once. Every way ends with our resume hint, not Ray's; this works with
+    TUNE_DISABLE_SIGINT_HANDLER=1 too. A context manager: the previous handler is put back on exit.
 
     Whether a run was interrupted is read from the trial states afterwards (``unfinished``).
     """
 
     def __init__(self, exp_id: str | int) -> None:
         self.hint = interrupt_hint(exp_id)
+        self._previous = None
+
+    def __enter__(self) -> "CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self.at_once)  # Ray Tune restores it after its stop
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def __getstate__(self) -> dict:  # Ray Tune pickles its callbacks with the experiment
+        return {"hint": self.hint, "_previous": None}
 
     def at_once(self, signum, frame) -> None:
         raise KeyboardInterrupt(self.hint)

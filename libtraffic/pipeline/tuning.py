@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -213,8 +212,10 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
     shared = _shared_data(config, space, logger)
     max_t = int(space.upper_bound("max_epoch") or config["max_epoch"])
     start = time.perf_counter()
-    results = _run_ray(config, space, opts, max_t, shared, storage, logger)
-    return tune_report.finish(config, space, results, logger, shared, time.perf_counter() - start)
+    # From here a Ctrl-C ends with how to resume (a second one during Ray's graceful stop too).
+    with ray_session.CtrlC(exp_id) as ctrl_c:
+        results = _run_ray(config, space, opts, max_t, shared, storage, ctrl_c, logger)
+        return tune_report.finish(config, space, results, logger, shared, time.perf_counter() - start)
 
 
 def _shared_data(config: ConfigParser, space: SearchSpace, logger: logging.Logger):
@@ -238,11 +239,10 @@ def _shared_data(config: ConfigParser, space: SearchSpace, logger: logging.Logge
 
 
 def _run_ray(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t: int, shared, storage: str,
-             logger: logging.Logger):
+             ctrl_c: ray_session.CtrlC, logger: logging.Logger):
     from ray import tune
 
     session = ray_session.connect(opts.ray_address, opts.cpu_per_trial, storage)
-    ctrl_c = ray_session.CtrlC(config["exp_id"])
     try:
         gpus = ray_session.check_resources(session, opts.cpu_per_trial, opts.gpu_per_trial)
         ray_session.check_storage_shared(session, storage)
@@ -258,11 +258,9 @@ def _run_ray(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t:
             {"cpu": opts.cpu_per_trial, "gpu": gpus},
         )
         tuner = _tuner(config, space, opts, max_t, trainable, storage, ctrl_c, logger)
-        signal.signal(signal.SIGINT, ctrl_c.at_once)  # Ray Tune puts this back after its graceful stop
         start = time.monotonic()
         results = tuner.fit()
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         session.end()
     budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
     expected = opts.num_samples * (space.grid_size() if opts.search_alg == "BasicSearch" else 1)
