@@ -2,7 +2,8 @@
 
 Each node runs in the foreground (``ray start --block``) in its own process group with its own temp
 dir; ending a node sends SIGTERM to that group only, so no other Ray on the machine is touched
-(never ``ray stop``). Every port is a free loopback port chosen here.
+(never ``ray stop``). Every port is chosen free here; Ray advertises the machine's own address even
+for ``--node-ip-address 127.0.0.1`` (it maps loopback to it), the nodes connect through 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ class Node:
         end_nodes([self])
 
 
-def end_nodes(nodes: list[Node]) -> None:
+def end_nodes(nodes: list[Node], grace: float = 10) -> None:
     """SIGTERM to each node's process group at once (ray start --block then ends what it started);
-    SIGKILL to a group still there after a minute."""
+    SIGKILL to a group still there after ``grace`` seconds (its workers, in groups of their own,
+    exit when their raylet is gone)."""
     for node in nodes:
         try:
             os.killpg(node.proc.pid, signal.SIGTERM)
@@ -49,7 +51,7 @@ def end_nodes(nodes: list[Node]) -> None:
             pass
     for node in nodes:
         try:
-            node.proc.wait(timeout=60)
+            node.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(node.proc.pid, signal.SIGKILL)
             node.proc.wait(timeout=30)

@@ -46,7 +46,7 @@ def cluster(tmp_path_factory):
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("work")
     write_synthetic_dataset(root / "raw_data", DATASET, num_nodes=5, num_days=3, seed=5)
-    (root / "grid2.json").write_text(json.dumps({"hidden_size": {"type": "grid_search", "list": [4, 8]}}))
+    (root / "grid1.json").write_text(json.dumps({"hidden_size": {"type": "grid_search", "list": [4]}}))
     (root / "grid4.json").write_text(json.dumps({"hidden_size": {"type": "grid_search", "list": [4, 6, 8, 10]}}))
     (root / "data_grid.json").write_text(json.dumps({"hidden_size": {"type": "grid_search", "list": [8, 16]},
                                                      "input_window": {"type": "grid_search", "list": [6, 12]}}))
@@ -88,7 +88,11 @@ def start(workdir: Path, address: str | None, exp_id: str, space: str, *args: st
     cmd = [sys.executable, str(REPO / "hyper_tune.py"), "--dataset", DATASET, "--space_file", space,
            "--exp_id", exp_id, "--batch_size", "32", "--num_samples", "1", *args]
     full_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_SIGINT_HANDLER")}
-    full_env |= {**RAY_ENV, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env |= {**RAY_ENV, "OMP_NUM_THREADS": "1"}
+    for key, value in (env or {}).items():  # None: unset
+        full_env[key] = value
+        if value is None:
+            del full_env[key]
     if address:
         full_env["RAY_ADDRESS"] = address
     return subprocess.Popen(cmd, cwd=workdir, env=full_env, stdout=subprocess.PIPE, stderr=stderr, text=True)
@@ -200,19 +204,24 @@ def test_second_ctrl_c_stops_at_once_with_our_hint(workdir, cluster, tmp_path):
 
 
 def test_resources_come_from_the_cluster(workdir, cluster):
-    """A fractional GPU request runs on the node with a GPU; impossible requests stop at once."""
+    """A fractional GPU request runs (on the node with a GPU); an impossible request stops at once."""
     address, _ = cluster
-    out, _ = finish(start(workdir, address, "gpu", "grid2", "--max_concurrent", "2", "--max_epoch", "1",
-                          "--gpu_per_trial", "0.5", "--storage_path", str(workdir / "shared")))
-    rows = results(workdir, "gpu")
-    assert all(r["status"] == "DONE" for r in rows) and len({r["node"] for r in rows}) == 1  # the GPU node
-    assert "0.5/1 GPUs" in out
+    out, _ = finish(start(workdir, address, "gpu", "grid1", "--max_epoch", "1", "--gpu_per_trial", "0.5",
+                          "--storage_path", str(workdir / "shared")))
+    assert results(workdir, "gpu")[0]["status"] == "DONE" and "0.5/1 GPUs" in out
 
     _, err = finish(start(workdir, address, "cpu2", "grid4", "--cpu_per_trial", "2"), 2)
     assert "--cpu_per_trial 2 --gpu_per_trial 1 cannot be satisfied: no node of the Ray cluster at" in err
     assert "(2 node(s): 1 CPU(s), 0 GPU(s); 1 CPU(s), 1 GPU(s))" in err and "Traceback" not in err
-    _, err = finish(start(workdir, address, "gpu15", "grid4", "--gpu_per_trial", "1.5"), 2)
-    assert "--gpu_per_trial 1.5 cannot be satisfied: give a whole number of GPUs or a fraction" in err
+
+
+def test_gpu_per_trial_whole_or_fraction(workdir, monkeypatch) -> None:
+    from libtraffic.pipeline import hyper_parameter
+    from libtraffic.utils.errors import LibTrafficError
+
+    monkeypatch.chdir(workdir)
+    with pytest.raises(LibTrafficError, match=r"--gpu_per_trial 1\.5 cannot be satisfied: give a whole number"):
+        hyper_parameter(dataset_name=DATASET, space_file="grid4", gpu_per_trial=1.5, ray_address="127.0.0.1:1")
 
 
 def test_caller_ray_session_is_left_running(workdir, cluster, monkeypatch):
@@ -228,10 +237,10 @@ def test_caller_ray_session_is_left_running(workdir, cluster, monkeypatch):
     os.environ.update(RAY_ENV)
     ray.init(address=address, runtime_env=runtime_env(1, ""), log_to_driver=False)
     try:
-        best = hyper_parameter(model_name="GRU", dataset_name=DATASET, space_file="grid2", num_samples=1,
+        best = hyper_parameter(model_name="GRU", dataset_name=DATASET, space_file="grid1", num_samples=1,
                                gpu_per_trial=0, storage_path=str(workdir / "shared"),
                                other_args={"exp_id": "inproc", "max_epoch": 1, "batch_size": 32})
-        assert ray.is_initialized() and len(best["trials"]) == 2
+        assert ray.is_initialized() and len(best["trials"]) == 1
         assert ray.get(ray.remote(lambda: 7).remote()) == 7
     finally:
         ray.shutdown()
@@ -240,18 +249,22 @@ def test_caller_ray_session_is_left_running(workdir, cluster, monkeypatch):
         os.environ.update(saved_env)
 
 
-def test_killed_driver_takes_its_private_ray_with_it(workdir, cluster):
+def test_killed_driver_takes_its_private_ray_with_it(workdir, cluster, tmp_path):
     """kill -9 of a driver that started its own Ray instance: every process it started ends,
-    and the cluster beside it (another user's Ray) is untouched."""
+    and the cluster beside it (another user's Ray) is untouched. The private instance keeps Ray's
+    default token authentication without Ray's warning about it (its token goes to a private HOME)."""
     _, nodes = cluster
-    proc = start(workdir, None, "killed", "grid4", "--max_epoch", "200", "--gpu_per_trial", "0")
+    proc = start(workdir, None, "killed", "grid4", "--max_epoch", "200", "--gpu_per_trial", "0",
+                 env={"RAY_AUTH_MODE": None, "HOME": str(tmp_path)})
     progress = workdir / "libtraffic" / "cache" / "hyper_tune" / "killed" / "trial_00000" / "progress.csv"
     wait_until(lambda: lines(progress) >= 2 or proc.poll() is not None, TIMEOUT, "the first epoch")
     driver = psutil.Process(proc.pid)
     started = [p for p in driver.children(recursive=True)]
     assert any("raylet" in " ".join(p.cmdline()) for p in started)
     proc.kill()
-    proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)
+    assert (tmp_path / ".ray" / "auth_token").is_file()
+    assert "Token authentication" not in out + err and "Started a local Ray instance" not in out + err
 
     def gone() -> bool:
         return not any(_running(p) for p in started)

@@ -25,8 +25,9 @@ from libtraffic.utils.errors import LibTrafficError
 # Environment variables of cloud storage clients (pyarrow's S3 / GCS / Azure filesystems): with a
 # --storage_path URI, the driver's values go to every trial, which writes its checkpoints there.
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_")
-# glibc gives every thread that allocates its own arena; a reused trial worker then grows about
-# 30 MB per trial (bench/RESULTS.md, "Trial worker memory"). A user's own value wins.
+# glibc gives threads that allocate at once arenas of their own (up to 8 per core) and keeps their
+# freed memory; every trial runs in a new thread of a reused worker. Two arenas bound that
+# (bench/RESULTS.md, "Trial worker memory"). A value in the driver's environment wins.
 MALLOC_ARENA_MAX = "2"
 
 

@@ -195,7 +195,8 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
     if not opts.dry_run:
         exists = ray_session.experiment_exists(storage, str(exp_id))
         if opts.resume and not exists:
-            raise LibTrafficError(f"--resume: no experiment {ray_dir} to continue; check --exp_id (and --storage_path).")
+            raise LibTrafficError(f"--resume: no experiment {ray_dir} to continue; check --exp_id. "
+                                  f"Experiments are looked for under --storage_path ({storage}).")
         if not opts.resume and (exists or paths.experiment_dir(exp_id).exists()):
             raise LibTrafficError(
                 f"Experiment {exp_id} already exists ({ray_dir}). Continue it with --resume --exp_id {exp_id}, "
