@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -235,8 +236,13 @@ def test_caller_ray_session_is_left_running(workdir, cluster, monkeypatch):
     monkeypatch.chdir(workdir)
     saved_env = dict(os.environ)
     os.environ.update(RAY_ENV)
-    ray.init(address=address, runtime_env=runtime_env(1, ""), log_to_driver=False)
+    env = runtime_env(1, "")
+    ray.init(address=address, runtime_env=env, log_to_driver=False)
+    shutil.rmtree(env["working_dir"])
     try:
+        # Our code reaches the workers through the runtime environment, not the driver's paths.
+        code = ray.get(ray.remote(lambda: __import__("libtraffic").__file__).remote())
+        assert "runtime_resources" in code and not code.startswith(str(REPO)), code
         best = hyper_parameter(model_name="GRU", dataset_name=DATASET, space_file="grid1", num_samples=1,
                                gpu_per_trial=0, storage_path=str(workdir / "shared"),
                                other_args={"exp_id": "inproc", "max_epoch": 1, "batch_size": 32})

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from ray.tune import Callback
@@ -59,12 +62,22 @@ def experiment_exists(storage: str, name: str) -> bool:
 
 
 def runtime_env(threads: int, storage: str) -> dict:
-    """The trials' environment: our code as a py_module (no driver paths), thread and arena limits."""
+    """The trials' environment: thread and arena limits, storage credentials for a URI, and our
+    code as the working_dir, a temporary folder holding a copy of the libtraffic package only.
+
+    Ray uploads the working_dir once and every node imports libtraffic from its copy. (With a
+    working_dir Ray also leaves the driver's script folder and working directory off the workers'
+    sys.path, where an older checkout at the same path on another node would shadow it.) The
+    caller removes the folder once ray.init() has uploaded it.
+    """
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "OMP_NUM_THREADS": str(threads),
            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)}
     if is_uri(storage):
         env |= {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
-    return {"py_modules": [str(paths.PACKAGE_DIR)], "excludes": ["cache/", "log/", "__pycache__/"], "env_vars": env}
+    code = Path(tempfile.mkdtemp(prefix="libtraffic_code_"))
+    shutil.copytree(paths.PACKAGE_DIR, code / paths.PACKAGE_DIR.name,
+                    ignore=shutil.ignore_patterns("cache", "log", "__pycache__", "*.pyc"))
+    return {"working_dir": str(code), "env_vars": env}
 
 
 @dataclass
@@ -108,7 +121,8 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Trial workers' own output stays in Ray's session logs (logs/worker-*.err on each node): the
     # trial table, the results file and the failed trials' errors say what happened.
-    kwargs = dict(runtime_env=runtime_env(threads, storage), include_dashboard=False, logging_level=logging.WARNING,
+    env = runtime_env(threads, storage)
+    kwargs = dict(runtime_env=env, include_dashboard=False, logging_level=logging.WARNING,
                   log_to_driver=False, configure_logging=True)
     if address is None:
         # Ray enables token authentication on a new local instance and warns that it did so; the
@@ -122,6 +136,8 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
     except (ConnectionError, ValueError) as err:
         raise LibTrafficError(f"Cannot join the Ray cluster at {address}: {err}. Start it with `ray start --head` "
                               "(see the README, 'Running on a Ray cluster') or fix --ray_address / RAY_ADDRESS.") from err
+    finally:
+        shutil.rmtree(env["working_dir"], ignore_errors=True)  # uploaded by ray.init
     return Session(owned=True, address=address, watchdog=_start_watchdog() if address is None else None)
 
 
