@@ -101,7 +101,7 @@ def start(workdir: Path, address: str | None, exp_id: str, space: str, *args: st
 
 def finish(proc: subprocess.Popen, code: int = 0) -> tuple[str, str]:
     out, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == code, out[-3000:] + err[-3000:]
+    assert proc.returncode == code, out[-3000:] + (err or "")[-3000:]
     return out, err
 
 
@@ -198,8 +198,9 @@ def test_second_ctrl_c_stops_at_once_with_our_hint(workdir, cluster, tmp_path):
         proc.send_signal(signal.SIGINT)
         wait_until(lambda: "Ctrl-C again" in err_file.read_text() or proc.poll() is not None, 60, "the first Ctrl-C")
         proc.send_signal(signal.SIGINT)
-        out, _ = finish(proc, 130)
+        out, _ = proc.communicate(timeout=TIMEOUT)
     err = err_file.read_text()
+    assert proc.returncode == 130, out[-2000:] + err[-3000:]
     assert err.strip().endswith("Continue with the same command plus --resume --exp_id twice."), err[-2000:]
     assert_clean_terminal(out, err)
 
@@ -237,8 +238,9 @@ def test_caller_ray_session_is_left_running(workdir, cluster, monkeypatch):
     saved_env = dict(os.environ)
     os.environ.update(RAY_ENV)
     env = runtime_env(1, "")
+    code = env["working_dir"]
     ray.init(address=address, runtime_env=env, log_to_driver=False)
-    shutil.rmtree(env["working_dir"])
+    shutil.rmtree(code)
     try:
         # Our code reaches the workers through the runtime environment, not the driver's paths.
         code = ray.get(ray.remote(lambda: __import__("libtraffic").__file__).remote())

@@ -92,13 +92,21 @@ class Session:
         return f"the Ray cluster at {self.address}" if self.address else "this machine"
 
     def end(self) -> None:
+        """Disconnect (and end a private instance); a Ctrl-C meanwhile is ignored: an interrupted
+        ray.shutdown() leaves the process to exit with code 1 instead of our 130 and hint."""
         import ray
 
-        if self.owned:
-            ray.shutdown()
-        if self.watchdog is not None:
-            self.watchdog.stdin.close()  # the watchdog finds nothing left to end
-            self.watchdog.wait(timeout=30)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            if self.owned:
+                ray.shutdown()
+            if self.watchdog is not None:
+                self.watchdog.stdin.close()  # the watchdog finds nothing left to end
+                self.watchdog.wait(timeout=30)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
 
 
 def _quiet_environment() -> None:
@@ -122,6 +130,7 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
     # Trial workers' own output stays in Ray's session logs (logs/worker-*.err on each node): the
     # trial table, the results file and the failed trials' errors say what happened.
     env = runtime_env(threads, storage)
+    code = env["working_dir"]  # ray.init replaces it with the uploaded package's URI
     kwargs = dict(runtime_env=env, include_dashboard=False, logging_level=logging.WARNING,
                   log_to_driver=False, configure_logging=True)
     if address is None:
@@ -137,7 +146,7 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
         raise LibTrafficError(f"Cannot join the Ray cluster at {address}: {err}. Start it with `ray start --head` "
                               "(see the README, 'Running on a Ray cluster') or fix --ray_address / RAY_ADDRESS.") from err
     finally:
-        shutil.rmtree(env["working_dir"], ignore_errors=True)  # uploaded by ray.init
+        shutil.rmtree(code, ignore_errors=True)  # uploaded by ray.init
     return Session(owned=True, address=address, watchdog=_start_watchdog() if address is None else None)
 
 

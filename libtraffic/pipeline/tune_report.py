@@ -89,8 +89,10 @@ def collect_records(results) -> list[TrialRecord]:
 
 
 def format_trials(records: list[TrialRecord], params: list[str]) -> str:
+    several_nodes = len({r.node for r in records}) > 1
     rows = [{"trial": r.trial_id, **{p: r.config.get(p) for p in params}, "epochs": r.epochs_run,
-             "best epoch": r.best_epoch, "best val loss": round(r.best_loss, 4), "status": r.status} for r in records]
+             "best epoch": r.best_epoch, "best val loss": round(r.best_loss, 4), "status": r.status,
+             **({"node": r.node[:8]} if several_nodes else {})} for r in records]
     return pd.DataFrame(rows).to_string(index=False)
 
 
