@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -215,6 +216,14 @@ def test_resources_come_from_the_cluster(workdir, cluster):
     _, err = finish(start(workdir, address, "cpu2", "grid4", "--cpu_per_trial", "2"), 2)
     assert "--cpu_per_trial 2 --gpu_per_trial 1 cannot be satisfied: no node of the Ray cluster at" in err
     assert "(2 node(s): 1 CPU(s), 0 GPU(s); 1 CPU(s), 1 GPU(s))" in err and "Traceback" not in err
+
+
+def test_unreachable_cluster_fails_at_once(workdir) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: refused
+        _, err = finish(start(workdir, None, "dead", "grid1", "--ray_address", address), 2)
+    assert f"Nothing answers at the Ray cluster address {address}" in err and "Traceback" not in err
 
 
 def test_gpu_per_trial_whole_or_fraction(workdir, monkeypatch) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,19 @@ def _quiet_environment() -> None:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in redirected output
 
 
+def _check_reachable(address: str) -> None:
+    """Fail at once if nothing listens at a HOST:PORT address (ray.init would retry for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # 'auto', ray://..., left to Ray
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as err:
+        raise LibTrafficError(f"Nothing answers at the Ray cluster address {address} ({err.strerror or err}). Start "
+                              "the cluster with `ray start --head` (see the README, 'Running on a Ray cluster') or "
+                              "fix --ray_address / RAY_ADDRESS.") from err
+
+
 def connect(address: str | None, threads: int, storage: str) -> Session:
     """Join the cluster at ``address`` (or RAY_ADDRESS), else start a private local instance."""
     import ray
@@ -127,6 +141,8 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
     if ray.is_initialized():
         return Session(owned=False, address=ray.get_runtime_context().gcs_address)
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        _check_reachable(address)
     # Trial workers' own output stays in Ray's session logs (logs/worker-*.err on each node): the
     # trial table, the results file and the failed trials' errors say what happened.
     env = runtime_env(threads, storage)
