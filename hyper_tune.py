@@ -23,12 +23,18 @@ def main() -> None:
     parser.add_argument("--num_samples", type=int, default=5, help="number of sampled trials (times each grid point)")
     parser.add_argument("--max_concurrent", type=int, default=1, help="trials running at once")
     parser.add_argument("--cpu_per_trial", type=int, default=1, help="CPUs (torch threads) per trial")
-    parser.add_argument("--gpu_per_trial", type=int, default=None, help="GPUs per trial (default 1 if a GPU is visible, else 0)")
+    parser.add_argument("--gpu_per_trial", type=float, default=None,
+                        help="GPUs per trial, a fraction (0.25) shares a GPU (default 1 if the cluster has a GPU, else 0)")
     parser.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False,
                         help="continue the interrupted experiment --exp_id")
     parser.add_argument("--dry_run", type=str2bool, nargs="?", const=True, default=False,
                         help="validate and print a few sampled configurations without training")
     parser.add_argument("--time_budget_s", type=float, default=None, help="stop starting/continuing trials after this many seconds")
+    parser.add_argument("--ray_address", type=str, default=None,
+                        help="Ray cluster to join, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, else a private local instance)")
+    parser.add_argument("--storage_path", type=str, default=None,
+                        help="folder every node sees (NFS) or URI (s3://bucket/path) holding the experiment "
+                             "(default ./libtraffic/cache/hyper_tune)")
     add_general_arguments(parser)
     args, extras = parser.parse_known_args()
     overrides = collect_overrides(args, ["exp_id", "seed", *GENERAL_ARGUMENTS], extra_config_args(parser, extras))
@@ -40,7 +46,8 @@ def main() -> None:
                         space_file=args.space_file, scheduler=args.scheduler, search_alg=args.search_alg,
                         other_args=overrides, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
                         cpu_per_trial=args.cpu_per_trial, gpu_per_trial=args.gpu_per_trial, resume=args.resume,
-                        dry_run=args.dry_run, time_budget_s=args.time_budget_s)
+                        dry_run=args.dry_run, time_budget_s=args.time_budget_s, ray_address=args.ray_address,
+                        storage_path=args.storage_path)
     except TuningFailed as err:
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,11 @@ import pytest
 import torch
 
 from libtraffic.data.synthetic import write_synthetic_dataset
+from tests.ray_nodes import RAY_ENV, free_port, start_node
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = "TUNE_TINY"
 TIMEOUT = 400
-# A test-only local cluster; token auth would make the drivers' connections fail.
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # renders the tuning report
 
 
@@ -34,49 +32,14 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # rende
 def ray_cluster(tmp_path_factory):
     """One Ray head for the whole module; hyper_tune.py connects to it through RAY_ADDRESS.
 
-    The head runs in the foreground (``ray start --block``) in its own process group with its own
-    temp dir; teardown ends that group only, never another Ray on the machine (no ``ray stop``).
+    Started and ended by tests/ray_nodes.py: its own process group and temp dir, never ``ray stop``.
     """
-    temp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, **RAY_ENV}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    start = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus", "2",
-             "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats", "--port", str(port),
-             "--temp-dir", str(temp)]
-    log = open(temp / "head.log", "w")
-    head = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=temp, start_new_session=True)
+    port = free_port()
+    head = start_node(tmp_path_factory.mktemp("ray"), head_port=port, num_cpus=2)
     try:
-        _wait_for_port(port, head, temp / "head.log")
         yield f"127.0.0.1:{port}"
     finally:
-        _end_group(head)
-        log.close()
-
-
-def _wait_for_port(port: int, head: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert head.poll() is None, log.read_text()
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"Ray head did not open port {port}: {log.read_text()}")
-
-
-def _end_group(head: subprocess.Popen) -> None:
-    """SIGTERM to the head's process group (ray start --block then ends what it started)."""
-    try:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=30)
+        head.end()
 
 
 @pytest.fixture(scope="module")
@@ -227,21 +190,23 @@ def test_all_trials_failing_exits_nonzero(workdir, ray_cluster):
 def test_interrupted_run_resumes_without_repeating_trials(workdir, ray_cluster):
     space = write_space(workdir, "resume", {
         "hidden_size": {"type": "grid_search", "list": [4, 6, 8, 10]},
-        "max_epoch": {"type": "choice", "list": [2]},
+        "max_epoch": {"type": "choice", "list": [8]},  # trials long enough to be interrupted mid-run
     })
-    first = interrupt_after_second_trial_reports(workdir, ray_cluster, "resume", space, "--num_samples", "1")
+    first = interrupt_after_second_trial_reports(workdir, ray_cluster, "resume", space, 8, "--num_samples", "1")
     first_progress = (first / "progress.csv").read_text()
 
     out = tune(workdir, ray_cluster, "resume", space, "--num_samples", "1", "--resume")
     rows = results(workdir, "resume")
     assert sorted(r["config"]["hidden_size"] for r in rows) == [4, 6, 8, 10]
-    assert all(r["epochs_run"] == 2 for r in rows)
+    assert all(r["epochs_run"] == 8 for r in rows)
     assert (first / "progress.csv").read_text() == first_progress  # the finished trial was not re-run
     assert "Best trial config" in out.stdout
 
 
-def interrupt_after_second_trial_reports(workdir: Path, ray_address: str, exp_id: str, space: str, *args: str) -> Path:
-    """Start hyper_tune.py, Ctrl-C it once its second trial has reported an epoch; returns the first trial's folder."""
+def interrupt_after_second_trial_reports(workdir: Path, ray_address: str, exp_id: str, space: str, epochs: int,
+                                         *args: str) -> Path:
+    """Start hyper_tune.py, Ctrl-C it once its second trial has reported an epoch; returns the first
+    trial's folder (trials of ``epochs`` epochs, long enough to be interrupted mid-run)."""
     cmd = [sys.executable, str(REPO / "hyper_tune.py"), "--dataset", DATASET, "--space_file", space,
            "--exp_id", exp_id, "--batch_size", "32", *args]
     env = {**os.environ, **RAY_ENV, "RAY_ADDRESS": ray_address}
@@ -250,19 +215,16 @@ def interrupt_after_second_trial_reports(workdir: Path, ray_address: str, exp_id
     deadline = time.time() + TIMEOUT
     first = second = None
     # Interrupt once the second trial has reported an epoch: by then Ray has recorded the first
-    # as finished in its saved experiment state.
-    # Ray numbers trial folders from 0 (BasicSearch) or 1 (the other searchers), after the trial id.
-    number = lambda folder: int(re.match(r"train_trial_[^_]+(?:_\d{5})?_(\d+)_", folder.name).group(1))
+    # as finished in its saved experiment state. Trial folders are ours: trial_00000, trial_00001, ...
     while time.time() < deadline and second is None:
-        trials = sorted(ray_dir.glob("train_trial_*"), key=number)
-        first, candidate = (trials + [None, None])[:2]
+        first, candidate = (sorted(ray_dir.glob("trial_*")) + [None, None])[:2]
         if candidate is not None and (candidate / "progress.csv").is_file() and \
                 len((candidate / "progress.csv").read_text().strip().splitlines()) >= 2:
             second = candidate
-        time.sleep(0.5)
+        time.sleep(0.1)
     assert first is not None and second is not None, \
         f"the second trial never reported: {sorted(p.name for p in ray_dir.glob('*'))}"
-    assert len((first / "progress.csv").read_text().strip().splitlines()) == 3
+    assert len((first / "progress.csv").read_text().strip().splitlines()) == epochs + 1
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 130, stderr[-2000:]
@@ -275,12 +237,12 @@ def test_optuna_resumes_without_repeating_trials(workdir, ray_cluster):
         "learning_rate": {"type": "loguniform", "lower": 0.001, "upper": 0.03},
         "hidden_size": {"type": "randint", "lower": 4, "upper": 12},
     })
-    args = ("--search_alg", "OptunaSearch", "--num_samples", "3", "--max_epoch", "2")
-    first = interrupt_after_second_trial_reports(workdir, ray_cluster, "optuna_resume", space, *args)
+    args = ("--search_alg", "OptunaSearch", "--num_samples", "3", "--max_epoch", "6")
+    first = interrupt_after_second_trial_reports(workdir, ray_cluster, "optuna_resume", space, 6, *args)
     first_progress = (first / "progress.csv").read_text()
     tune(workdir, ray_cluster, "optuna_resume", space, *args, "--resume")
     rows = results(workdir, "optuna_resume")
-    assert len(rows) == 3 and all(r["status"] == "DONE" and r["epochs_run"] == 2 for r in rows)
+    assert len(rows) == 3 and all(r["status"] == "DONE" and r["epochs_run"] == 6 for r in rows)
     assert len({r["config"]["learning_rate"] for r in rows}) == 3  # the restored searcher suggests new points
     assert (first / "progress.csv").read_text() == first_progress
 
@@ -288,7 +250,7 @@ def test_optuna_resumes_without_repeating_trials(workdir, ray_cluster):
 def _running_intervals(ray_dir: Path) -> list[tuple[float, float]]:
     """(start, end) wall-clock seconds of each trial, from Ray's per-trial progress.csv."""
     spans = []
-    for progress in ray_dir.glob("train_trial_*/progress.csv"):
+    for progress in ray_dir.glob("trial_*/progress.csv"):
         df = pd.read_csv(progress)
         spans.append((float(df["timestamp"].iloc[-1] - df["time_total_s"].iloc[-1]), float(df["timestamp"].iloc[-1])))
     return spans

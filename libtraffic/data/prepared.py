@@ -36,6 +36,10 @@ DATA_KEYS = (
     "eval_rate", "scaler", "ext_scaler", "normal_external", "load_external", "add_time_in_day",
     "add_day_in_week",
 )
+# The DATA_KEYS that choose which files and columns are read (RawData); the others only change
+# how the raw arrays are cut, scaled and joined, which each tuning trial can do on its own.
+RAW_KEYS = ("dataset", "data_col", "data_files", "geo_file", "rel_file", "ext_file", "ext_col", "weight_col",
+            "time_intervals", "load_external")
 
 
 @dataclass
@@ -94,14 +98,16 @@ def _files(config: Mapping[str, Any]) -> dict[str, Path]:
     return files
 
 
-def cache_key(config: Mapping[str, Any], files: Mapping[str, Path]) -> str:
-    """Hash of every data-affecting setting and of the source files' size and mtime."""
-    stats = {k: [p.stat().st_size, p.stat().st_mtime_ns] for k, p in sorted(files.items())}
-    payload = {"format": CACHE_FORMAT, "files": stats, **{k: config[k] for k in DATA_KEYS}}
+def _stats(files: Mapping[str, Path]) -> dict[str, list[int]]:
+    return {k: [p.stat().st_size, p.stat().st_mtime_ns] for k, p in sorted(files.items())}
+
+
+def _key(config: Mapping[str, Any], stats: Mapping[str, list[int]]) -> str:
+    payload = {"format": CACHE_FORMAT, "files": dict(stats), **{k: config[k] for k in DATA_KEYS}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _clean_readings(data: np.ndarray, output_dim: int, name: str) -> None:
+def _clean_readings(data: np.ndarray, name: str) -> None:
     """NaN and infinite readings (also values beyond float32's range) become 0, i.e. missing."""
     bad = ~np.isfinite(data)
     if bad.any():
@@ -109,11 +115,6 @@ def _clean_readings(data: np.ndarray, output_dim: int, name: str) -> None:
         logger.warning("%s: %d NaN and %d infinite (or beyond float32's range) readings treated as missing "
                        "(set to 0, ignored by masked metrics and the default loss).", name, nan, int(bad.sum()) - nan)
         data[bad] = 0.0
-    if not np.any(data[..., :output_dim]):
-        raise LibTrafficError(
-            f"{name} has no valid reading: every value of the predicted column(s) is 0, NaN or infinite (0 means "
-            "missing). Check data_col in config.json and the file's contents."
-        )
 
 
 def time_features(config: Mapping[str, Any]) -> tuple[bool, bool]:
@@ -132,25 +133,70 @@ def warn_ineffective(config: Mapping[str, Any], log: logging.Logger) -> None:
                         "--load_external true to add the feature.", key)
 
 
-def _build(config: Mapping[str, Any], files: Mapping[str, Path], key: str) -> PreparedData:
+def cache_key(config: Mapping[str, Any], files: Mapping[str, Path]) -> str:
+    """Hash of every data-affecting setting and of the source files' size and mtime."""
+    return _key(config, _stats(files))
+
+
+@dataclass
+class RawData:
+    """The atomic files as arrays: what the RAW_KEYS settings select, before windows and scaling.
+
+    data: (T, N, F) float32 readings (NaN set to 0); times: (T,) datetime64[s]; ext: (T, E) external
+    readings or None; origin / dest: (R,) node indices of the .rel rows, weights: (R,) or None;
+    stats: size and mtime of each source file (part of the cache key). Tuning ships one RawData
+    to every trial through Ray's object store, so no trial reads a file.
+    """
+
+    num_nodes: int
+    data: np.ndarray
+    times: np.ndarray
+    ext: np.ndarray | None
+    origin: np.ndarray
+    dest: np.ndarray
+    weights: np.ndarray | None
+    stats: dict[str, list[int]]
+    dyna_name: str = ""
+
+
+def _read(config: Mapping[str, Any], files: Mapping[str, Path]) -> RawData:
     geo_ids = atomic.read_geo(files["geo"])
     dyna = atomic.read_dyna(files["dyna"], geo_ids, list(config["data_col"] or []), int(config["time_intervals"]))
     data = dyna.data
+    _clean_readings(data, files["dyna"].name)
+    ext = atomic.read_ext(files["ext"], dyna.times, list(config["ext_col"] or [])) if "ext" in files else None
+    origin, dest, weights = atomic.read_rel(files["rel"], geo_ids, config["weight_col"])
+    return RawData(len(geo_ids), data, dyna.times, ext, origin, dest, weights, _stats(files), files["dyna"].name)
+
+
+def read_raw(config: Mapping[str, Any]) -> RawData:
+    """Read the dataset's atomic files named by ``config`` (only the RAW_KEYS settings matter)."""
+    return _read(config, _files(config))
+
+
+def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
+    """Features, split, scaling and adjacency of ``raw`` for the settings in ``config``.
+
+    ``raw`` is left untouched (its arrays may be read-only views into Ray's object store).
+    """
+    data = raw.data
     output_dim = config["output_dim"] or data.shape[2]
     if isinstance(output_dim, bool) or not isinstance(output_dim, int) or not 1 <= output_dim <= data.shape[2]:
         raise LibTrafficError(f"output_dim is {output_dim!r} but the .dyna file has {data.shape[2]} data column(s).")
-    _clean_readings(data, output_dim, files["dyna"].name)
+    if not np.any(data[..., :output_dim]):
+        raise LibTrafficError(
+            f"{raw.dyna_name} has no valid reading: every value of the predicted column(s) is 0, NaN or infinite "
+            "(0 means missing). Check data_col in config.json and the file's contents."
+        )
     extra = []
     add_time, add_day = time_features(config)
     if add_time:
-        extra.append(np.broadcast_to(time_in_day(dyna.times)[:, None, None], (len(dyna.times), data.shape[1], 1)))
+        extra.append(np.broadcast_to(time_in_day(raw.times)[:, None, None], (len(raw.times), data.shape[1], 1)))
     if add_day:
-        extra.append(np.broadcast_to(day_in_week(dyna.times)[:, None, :], (len(dyna.times), data.shape[1], 7)))
-    if "ext" in files:
-        ext = atomic.read_ext(files["ext"], dyna.times, list(config["ext_col"] or []))
-        extra.append(np.broadcast_to(ext[:, None, :], (len(dyna.times), data.shape[1], ext.shape[1])))
-    if extra:
-        data = np.concatenate([data, *extra], axis=2)
+        extra.append(np.broadcast_to(day_in_week(raw.times)[:, None, :], (len(raw.times), data.shape[1], 7)))
+    if raw.ext is not None:
+        extra.append(np.broadcast_to(raw.ext[:, None, :], (len(raw.times), data.shape[1], raw.ext.shape[1])))
+    data = np.concatenate([data, *extra], axis=2) if extra else data.copy()
     samples = num_samples(len(data), config["input_window"], config["output_window"])
     if samples < 3:
         raise LibTrafficError(
@@ -166,14 +212,15 @@ def _build(config: Mapping[str, Any], files: Mapping[str, Path], key: str) -> Pr
     if config["normal_external"] and data.shape[2] > output_dim:
         ext_scaler = _fit(get_scaler(config["ext_scaler"], "ext_scaler"), data[..., output_dim:], split[0], config)
         data[..., output_dim:] = ext_scaler.transform(data[..., output_dim:])
-    origin, dest, weights = atomic.read_rel(files["rel"], geo_ids, config["weight_col"])
     adj = build_adjacency(
-        len(geo_ids), origin, dest, weights, config["init_weight_inf_or_zero"], config["set_weight_link_or_dist"],
-        config["bidir_adj_mx"], config["calculate_weight_adj"], config["weight_adj_epsilon"],
+        raw.num_nodes, raw.origin, raw.dest, raw.weights, config["init_weight_inf_or_zero"],
+        config["set_weight_link_or_dist"], config["bidir_adj_mx"], config["calculate_weight_adj"],
+        config["weight_adj_epsilon"],
     )
     return PreparedData(
         np.ascontiguousarray(data, dtype=np.float32), adj, scaler, ext_scaler, split,
-        config["input_window"], config["output_window"], output_dim, data.shape[2] - output_dim, key,
+        config["input_window"], config["output_window"], output_dim, data.shape[2] - output_dim,
+        _key(config, raw.stats),
     )
 
 
@@ -196,6 +243,15 @@ def _checksum(path: Path) -> tuple[int, int]:
         while chunk := handle.read(1 << 24):
             crc = zlib.crc32(chunk, crc)
     return path.stat().st_size, crc
+
+
+def _build(config: Mapping[str, Any], files: Mapping[str, Path]) -> PreparedData:
+    return from_raw(_read(config, files), config)
+
+
+def prepared_for(shared: PreparedData | RawData, config: Mapping[str, Any]) -> PreparedData:
+    """What a tuning trial trains on: the driver's prepared data, or its own from the shared raw arrays."""
+    return shared if isinstance(shared, PreparedData) else from_raw(shared, config)
 
 
 def _save(prepared: PreparedData, folder: Path) -> None:
@@ -257,7 +313,7 @@ def prepare_data(config: Mapping[str, Any]) -> PreparedData:
             logger.warning("The dataset cache %s is damaged (%s); rebuilding it.", folder, err)
             _discard(folder)
     logger.info("Preparing dataset %s from %s", config["dataset"], files["dyna"].parent)
-    prepared = _build(config, files, key)
+    prepared = _build(config, files)
     if config["cache_dataset"]:
         _save(prepared, folder)
         logger.info("Saved prepared data to %s", folder)

@@ -8,16 +8,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from libtraffic.config import ConfigParser
-from libtraffic.data import PreparedData, get_dataset
+from libtraffic.data import get_dataset
+from libtraffic.data.prepared import PreparedData, RawData, prepared_for
 from libtraffic.executor import get_executor
 from libtraffic.model import get_model
+from libtraffic.pipeline.ray_session import quiet_exit_in_callbacks
 from libtraffic.utils.seed import derive_seed, set_random_seed
 
 CHECKPOINT_FILE = "state.pt"
+TRIAL_DIR_PREFIX = "trial_"
 
 
 @dataclass(frozen=True)
@@ -26,13 +30,21 @@ class TrialSettings:
     threads: int
 
 
-def trial_index(context) -> int:
-    """Creation index of the running trial (0, 1, ...), the same on every run and resume.
+def trial_dirname(trial) -> str:
+    """Our name for a trial's folder, 'trial_<index>' (Ray's trial_dirname_creator).
 
-    Ray names a trial's folder '<trial name>_<index>_<params>_<date>'.
+    The index is the creation counter Ray's search generators start the trial's experiment tag
+    with ('3_hidden_size=8'): the same on every run and resume, so seeds derived from it repeat.
     """
-    folder = Path(context.get_trial_dir()).name
-    return int(folder[len(context.get_trial_name()) + 1 :].split("_", 1)[0])
+    index, _, _ = str(trial.experiment_tag).partition("_")
+    if not index.isdigit():
+        raise ValueError(f"Trial {trial} has no creation index in its experiment tag {trial.experiment_tag!r}.")
+    return f"{TRIAL_DIR_PREFIX}{int(index):05d}"
+
+
+def trial_index(context) -> int:
+    """Creation index of the running trial, from the folder name trial_dirname gave it."""
+    return int(Path(context.get_trial_dir()).name.removeprefix(TRIAL_DIR_PREFIX))
 
 
 def trial_config(base: ConfigParser, sampled: dict[str, Any], seed: int) -> ConfigParser:
@@ -40,19 +52,25 @@ def trial_config(base: ConfigParser, sampled: dict[str, Any], seed: int) -> Conf
     return base.with_overrides({**sampled, "seed": seed}, source="search space")
 
 
-def train_trial(sampled: dict[str, Any], base_config: ConfigParser, prepared: PreparedData | None,
+def train_trial(sampled: dict[str, Any], base_config: ConfigParser, shared: PreparedData | RawData,
                 settings: TrialSettings) -> None:
     """Train one sampled configuration, reporting validation loss each epoch.
+
+    ``shared`` comes through Ray's object store: the driver's prepared data, or (when the space
+    tunes data settings) the raw arrays, cut and scaled here for this trial's settings. No file of
+    the driver's machine is opened, so the trial runs on any node of a cluster.
 
     A checkpoint (the executor's state dict) goes with every epoch that improves the validation
     loss, so the one checkpoint Ray keeps is the trial's best epoch; resuming restarts after it.
     """
     torch.set_num_threads(settings.threads)
+    quiet_exit_in_callbacks()
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint otherwise
     seed = derive_seed(settings.base_seed, trial_index(tune.get_context()))
     config = trial_config(base_config, sampled, seed)
     set_random_seed(seed)
-    dataset = get_dataset(config, prepared)
+    dataset = get_dataset(config, prepared_for(shared, config))
+    node = ray.get_runtime_context().get_node_id()
     train_data, valid_data, _ = dataset.get_data()
     data_feature = dataset.get_data_feature()
     executor = get_executor(config, get_model(config, data_feature), data_feature)
@@ -63,7 +81,7 @@ def train_trial(sampled: dict[str, Any], base_config: ConfigParser, prepared: Pr
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         row = {**metrics, "epoch": epoch, "best_loss": executor.best_val_loss, "best_epoch": executor.best_epoch,
-               "trial_seed": seed, "max_epoch": config["max_epoch"]}
+               "trial_seed": seed, "max_epoch": config["max_epoch"], "node": node}
         if epoch != executor.best_epoch:
             tune.report(row)
             return

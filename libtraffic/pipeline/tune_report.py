@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from libtraffic.config import ConfigParser
-from libtraffic.data import PreparedData, get_dataset
+from libtraffic.data import get_dataset
+from libtraffic.data.prepared import PreparedData, RawData, prepared_for
 from libtraffic.executor import get_executor
 from libtraffic.model import get_model
 from libtraffic.pipeline.search_space import SearchSpace
@@ -39,6 +40,7 @@ class TrialRecord:
     epoch_seconds: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
     error: str = ""
+    node: str = ""  # Ray node ID the trial last ran on (`ray list nodes`)
 
 
 def progress_reporter(space: SearchSpace):
@@ -81,13 +83,16 @@ def collect_records(results) -> list[TrialRecord]:
             best_loss=losses[best_i] if best_i is not None else math.nan, loss_curve=losses,
             epoch_seconds=[float(x) for x in df["epoch_time"]] if has_rows else [],
             wall_time_s=float(df["time_total_s"].iloc[-1]) if has_rows else 0.0, error=_error_text(result.error),
+            node=str(df["node"].iloc[-1]) if has_rows and "node" in df else "",
         ))
     return sorted(records, key=lambda r: (math.isnan(r.best_loss), r.best_loss))
 
 
 def format_trials(records: list[TrialRecord], params: list[str]) -> str:
+    several_nodes = len({r.node for r in records}) > 1
     rows = [{"trial": r.trial_id, **{p: r.config.get(p) for p in params}, "epochs": r.epochs_run,
-             "best epoch": r.best_epoch, "best val loss": round(r.best_loss, 4), "status": r.status} for r in records]
+             "best epoch": r.best_epoch, "best val loss": round(r.best_loss, 4), "status": r.status,
+             **({"node": r.node[:8]} if several_nodes else {})} for r in records]
     return pd.DataFrame(rows).to_string(index=False)
 
 
@@ -102,10 +107,13 @@ def write_results(records: list[TrialRecord], folder: Path) -> list[Path]:
     return [csv_path, json_path]
 
 
-def _best_state(results, trial_id: str) -> dict[str, Any]:
+def _best_state(results, trial_id: str, logger: logging.Logger) -> dict[str, Any]:
+    """The best checkpoint of trial ``trial_id``, read from the storage path (local, shared or a URI),
+    whichever node wrote it."""
     for result in results:
         if str((result.metrics or {}).get("trial_id")) == trial_id:
             checkpoint = result.get_best_checkpoint("loss", "min") or result.checkpoint
+            logger.info("Best checkpoint: %s", checkpoint.path)
             with checkpoint.as_directory() as folder:
                 return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     raise KeyError(trial_id)
@@ -135,7 +143,7 @@ def write_report_safely(exp_id: str | int, logger: logging.Logger) -> None:
 
 
 def finish(config: ConfigParser, space: SearchSpace, results, logger: logging.Logger,
-           prepared: PreparedData | None, fit_seconds: float) -> dict[str, Any]:
+           shared: PreparedData | RawData, fit_seconds: float) -> dict[str, Any]:
     records = collect_records(results)
     folder = paths.experiment_dir(config["exp_id"])
     written = write_results(records, folder)
@@ -156,9 +164,9 @@ def finish(config: ConfigParser, space: SearchSpace, results, logger: logging.Lo
           f"kept; LibCity printed the last epoch's)")
     logger.info("Best trial %s (seed %s, epoch %s): config %s, validation loss %s",
                 best.trial_id, best.seed, best.best_epoch, best.config, best.best_loss)
-    state = _best_state(results, best.trial_id)
+    state = _best_state(results, best.trial_id, logger)
     cfg = trial_config(config, best.config, best.seed)
-    dataset = get_dataset(cfg, prepared)
+    dataset = get_dataset(cfg, prepared_for(shared, cfg))
     _, _, test_data = dataset.get_data()
     data_feature = dataset.get_data_feature()
     executor = get_executor(cfg, get_model(cfg, data_feature), data_feature, logger)

@@ -1,19 +1,19 @@
 """hyper_parameter: LibCity's hyper_tune.py on Ray Tune 2.x (Tuner API).
 
-The dataset is prepared once here in the driver and handed to every trial through Ray's object
-store (tune.with_parameters); each trial trains one sampled configuration (trial.py) and reports
-its validation loss as ``loss`` every epoch, so ASHA / MedianStoppingRule can stop it early.
+The dataset is prepared once here in the driver (or, when the space tunes data settings, its raw
+arrays are read once) and handed to every trial through Ray's object store (tune.with_parameters),
+so trials open no file and run on any node of a cluster (ray_session.py). Each trial trains one
+sampled configuration (trial.py) and reports its validation loss as ``loss`` every epoch, so
+ASHA / MedianStoppingRule can stop it early.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,12 +21,12 @@ import torch
 
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
-from libtraffic.data.prepared import DATA_KEYS
+from libtraffic.data.prepared import DATA_KEYS, RAW_KEYS, read_raw
 from libtraffic.pipeline import dry_run, experiment
 from libtraffic.pipeline.pipeline import default_names, claim_new_experiment
 from libtraffic.pipeline.search_space import DEFAULT_SPACE, SearchSpace, load_search_space
-from libtraffic.pipeline.trial import TrialSettings, train_trial
-from libtraffic.pipeline import tune_report
+from libtraffic.pipeline.trial import TrialSettings, train_trial, trial_dirname
+from libtraffic.pipeline import ray_session, tune_report
 from libtraffic.utils import experiment_lock, paths
 from libtraffic.utils.device import set_threads
 from libtraffic.utils.errors import LibTrafficError
@@ -112,33 +112,41 @@ class TuneOptions:
     num_samples: int = 5
     max_concurrent: int = 1
     cpu_per_trial: int = 1
-    gpu_per_trial: int | None = None
+    gpu_per_trial: float | None = None
     resume: bool = False
     dry_run: bool = False
     time_budget_s: float | None = None
+    ray_address: str | None = None
+    storage_path: str | None = None
 
 
-def _check_options(opts: TuneOptions) -> int:
-    """Validate counts and resources; returns the GPUs per trial (fails fast, never hangs)."""
+def _check_options(opts: TuneOptions) -> None:
+    """Validate counts and resources before anything starts (fails fast, never hangs).
+
+    With a private local instance this machine is the cluster; a cluster's resources are checked
+    once it is joined (ray_session.check_resources).
+    """
     lookup(SEARCHERS, opts.search_alg, "search_alg", where="--search_alg")
     lookup(SCHEDULERS, opts.scheduler, "scheduler", where="--scheduler")
     for name in ("num_samples", "max_concurrent", "cpu_per_trial"):
         if getattr(opts, name) < 1:
             raise LibTrafficError(f"--{name} must be at least 1, got {getattr(opts, name)}.")
-    cores = os.cpu_count() or 1
-    if opts.cpu_per_trial > cores:
-        raise LibTrafficError(f"--cpu_per_trial {opts.cpu_per_trial} exceeds the {cores} CPU(s) of this machine; "
-                              "no trial could ever start.")
-    gpus = torch.cuda.device_count()
-    gpu_per_trial = opts.gpu_per_trial if opts.gpu_per_trial is not None else (1 if gpus else 0)
-    if gpu_per_trial < 0 or gpu_per_trial > gpus:
-        raise LibTrafficError(
-            f"--gpu_per_trial {gpu_per_trial} cannot be satisfied: this machine has {gpus} GPU(s), so every trial "
-            "would wait forever. Use --gpu_per_trial 0 to train on the CPU."
-        )
+    gpu = opts.gpu_per_trial
+    if gpu is not None and (gpu < 0 or (gpu > 1 and gpu != int(gpu))):
+        raise LibTrafficError(f"--gpu_per_trial {gpu:g} cannot be satisfied: give a whole number of GPUs or a "
+                              "fraction between 0 and 1 (e.g. 0.25: four trials share a GPU).")
+    if not (opts.ray_address or os.environ.get("RAY_ADDRESS")):
+        cores, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+        if opts.cpu_per_trial > cores:
+            raise LibTrafficError(f"--cpu_per_trial {opts.cpu_per_trial} exceeds the {cores} CPU(s) of this machine; "
+                                  "no trial could ever start.")
+        if gpu is not None and gpu > gpus:
+            raise LibTrafficError(
+                f"--gpu_per_trial {gpu:g} cannot be satisfied: this machine has {gpus} GPU(s), so every trial "
+                "would wait forever. Use --gpu_per_trial 0 to train on the CPU."
+            )
     if opts.time_budget_s is not None and opts.time_budget_s <= 0:
         raise LibTrafficError(f"--time_budget_s must be positive, got {opts.time_budget_s}.")
-    return gpu_per_trial
 
 
 def _log_overrides(config: ConfigParser, space: SearchSpace, logger: logging.Logger) -> None:
@@ -151,7 +159,7 @@ def _log_overrides(config: ConfigParser, space: SearchSpace, logger: logging.Log
             logger.info(message, key, config[key], source)
 
 
-def _dry_run(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: int,
+def _dry_run(config: ConfigParser, space: SearchSpace, opts: TuneOptions, storage: str,
              other_args: Mapping[str, Any] | None) -> None:
     """Print a few sampled configurations, then build every corner of the space (dry_run.py) and
     check the experiment id; all problems are reported together. Nothing is written."""
@@ -170,10 +178,10 @@ def _dry_run(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: 
         if exp_id is None:
             return
         if not opts.resume:
-            _refuse_existing(exp_id)
+            _refuse_existing(exp_id, storage)
             return
-        _check_resumable(exp_id)
-        if not experiment.check_resume(_settings(config, space, opts, gpus, other_args)):
+        _check_resumable(exp_id, storage)
+        if not experiment.check_resume(_settings(config, space, opts, other_args)):
             print(f"Note: experiment {exp_id} has no {experiment.SETTINGS_FILE}; its settings cannot be compared.")
 
     built = dry_run.check_space(config, space, config["seed"], check_exp_id)
@@ -185,35 +193,43 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
                     config_file: str | None = None, space_file: str | None = None, scheduler: str | None = None,
                     search_alg: str | None = None, other_args: Mapping[str, Any] | None = None,
                     num_samples: int = 5, max_concurrent: int = 1, cpu_per_trial: int = 1,
-                    gpu_per_trial: int | None = None, resume: bool = False, dry_run: bool = False,
-                    time_budget_s: float | None = None) -> dict[str, Any] | None:
-    """Tune the model named by ``model_name`` over ``space_file``; returns the best trial's summary."""
-    opts = TuneOptions(space_file or DEFAULT_SPACE, scheduler or "FIFO", search_alg or "BasicSearch", num_samples, max_concurrent,
-                       cpu_per_trial, gpu_per_trial, resume, dry_run, time_budget_s)
+                    gpu_per_trial: float | None = None, resume: bool = False, dry_run: bool = False,
+                    time_budget_s: float | None = None, ray_address: str | None = None,
+                    storage_path: str | None = None) -> dict[str, Any] | None:
+    """Tune the model named by ``model_name`` over ``space_file``; returns the best trial's summary.
+
+    ``ray_address`` (or RAY_ADDRESS): the Ray cluster to join, else a private local instance;
+    ``storage_path``: folder or URI (s3://...) holding the experiment, default libtraffic/cache/hyper_tune.
+    """
+    opts = TuneOptions(space_file or DEFAULT_SPACE, scheduler or "FIFO", search_alg or "BasicSearch", num_samples,
+                       max_concurrent, cpu_per_trial, gpu_per_trial, resume, dry_run, time_budget_s, ray_address,
+                       storage_path)
     config = ConfigParser(*default_names(task, model_name, dataset_name), config_file, other_args=other_args)
     config["hyper_tune"] = True
-    gpus = _check_options(opts)
+    _check_options(opts)
     space = load_search_space(opts.space_file, config, opts.search_alg)
     fixed = sorted(FIXED_KEYS & set(space.entries))
     if fixed:
         raise LibTrafficError(f"{space.path}: '{fixed[0]}' cannot be tuned; set it with --{fixed[0]} instead.")
     if config["exp_id"] is None and opts.resume:
         raise LibTrafficError("--resume needs the --exp_id of the experiment to continue.")
+    storage = ray_session.storage_root(opts.storage_path)
     if opts.dry_run:
-        return _dry_run(config, space, opts, gpus, other_args)
-    ray_dir = _claim_experiment(config, opts.resume)
-    settings = _settings(config, space, opts, gpus, other_args)
+        return _dry_run(config, space, opts, storage, other_args)
+    _claim_experiment(config, opts.resume, storage)
+    settings = _settings(config, space, opts, other_args)
+    exp_id = config["exp_id"]
     # A new run that fails before Ray starts leaves no experiment behind (its --exp_id stays free).
-    with experiment_lock.using(paths.experiment_dir(config["exp_id"]),
-                               discard_on_failure=lambda: not (opts.resume or ray_dir.exists()),
+    with experiment_lock.using(paths.experiment_dir(exp_id),
+                               discard_on_failure=lambda: not (opts.resume or ray_session.experiment_exists(storage, str(exp_id))),
                                disposable=frozenset({experiment_lock.LOCK_FILE, experiment.SETTINGS_FILE})):
         checked = opts.resume and experiment.check_resume(settings)
         if not opts.resume:
             experiment.write_settings(settings)
-        return _tune(config, space, opts, gpus, ray_dir, settings_checked=checked or not opts.resume)
+        return _tune(config, space, opts, storage, settings_checked=checked or not opts.resume)
 
 
-def _tune(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: int, ray_dir: Path,
+def _tune(config: ConfigParser, space: SearchSpace, opts: TuneOptions, storage: str,
           settings_checked: bool) -> dict[str, Any]:
     """Prepare the data once, run Ray Tune, report; the experiment folder is claimed and locked."""
     exp_id = config["exp_id"]
@@ -226,34 +242,29 @@ def _tune(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: int
     config.log_sources(logger)
     set_threads(config, logger)  # the driver's data preparation and final test evaluation
     _log_overrides(config, space, logger)
-    data_tuned = sorted(set(space.entries) & set(DATA_KEYS))
-    prepared = None
-    if data_tuned:
-        logger.warning("The space tunes data settings (%s): each trial prepares its own data (cached per setting).",
-                       ", ".join(data_tuned))
-    else:
-        prepared = get_dataset(config).prepare()
-        logger.info("Prepared data once in the driver: %s, shared with every trial", prepared.data.shape)
+    shared = _shared_data(config, space, logger)
     max_t = int(space.upper_bound("max_epoch") or config["max_epoch"])
     start = time.perf_counter()
-    results = _run_ray(config, space, opts, gpus, max_t, prepared, ray_dir, logger)
-    return tune_report.finish(config, space, results, logger, prepared, time.perf_counter() - start)
+    # From here a Ctrl-C ends with how to resume (a second one during Ray's graceful stop too).
+    with ray_session.CtrlC(exp_id) as ctrl_c:
+        results = _run_ray(config, space, opts, max_t, shared, storage, ctrl_c, logger)
+        return tune_report.finish(config, space, results, logger, shared, time.perf_counter() - start)
 
 
-def _settings(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: int,
+def _settings(config: ConfigParser, space: SearchSpace, opts: TuneOptions,
               other_args: Mapping[str, Any] | None) -> dict[str, Any]:
     """The experiment's record (hyper_tune_experiment.json), compared on --resume."""
     options = {"search_alg": opts.search_alg, "scheduler": opts.scheduler, "num_samples": opts.num_samples,
-               "max_concurrent": opts.max_concurrent, "cpu_per_trial": opts.cpu_per_trial, "gpu_per_trial": gpus,
-               "time_budget_s": opts.time_budget_s}
+               "max_concurrent": opts.max_concurrent, "cpu_per_trial": opts.cpu_per_trial,
+               "gpu_per_trial": opts.gpu_per_trial, "time_budget_s": opts.time_budget_s}
     return experiment.experiment_settings(config, space.path, space.entries, options, set(other_args or {}))
 
 
-def _refuse_existing(exp_id: str | int) -> None:
+def _refuse_existing(exp_id: str | int, storage: str) -> None:
     """A new tuning run may not reuse an experiment id; the message names the folder that exists."""
     folder = paths.experiment_dir(exp_id)  # also checks that the id is a plain name
-    ray_dir = paths.hyper_tune_dir() / str(exp_id)
-    if ray_dir.exists():
+    ray_dir = f"{storage}/{exp_id}"
+    if ray_session.experiment_exists(storage, str(exp_id)):
         raise LibTrafficError(f"Experiment {exp_id} already exists ({ray_dir}). Continue it with --resume --exp_id "
                               f"{exp_id}, or choose a new --exp_id.")
     if folder.exists():
@@ -263,103 +274,107 @@ def _refuse_existing(exp_id: str | int) -> None:
                               "--resume cannot continue it). Choose a new --exp_id.")
 
 
-def _check_resumable(exp_id: str | int) -> Path:
+def _check_resumable(exp_id: str | int, storage: str) -> None:
     paths.experiment_dir(exp_id)  # checks that the id is a plain name
-    ray_dir = paths.hyper_tune_dir() / str(exp_id)
-    if not ray_dir.is_dir():
-        raise LibTrafficError(f"--resume: no experiment {ray_dir} to continue; check --exp_id.")
-    return ray_dir
+    if not ray_session.experiment_exists(storage, str(exp_id)):
+        raise LibTrafficError(f"--resume: no experiment {storage}/{exp_id} to continue; check --exp_id. "
+                              f"Experiments are looked for under --storage_path ({storage}).")
 
 
-def _claim_experiment(config: ConfigParser, resume: bool) -> Path:
-    """Check (resume) or atomically create (new run) the experiment of config['exp_id']; returns
-    Ray's experiment folder. A new run without --exp_id gets a fresh random id."""
+def _claim_experiment(config: ConfigParser, resume: bool, storage: str) -> None:
+    """Check (resume) or atomically create (new run) the experiment of config['exp_id']. A new run
+    without --exp_id gets a fresh random id."""
     if resume:
-        ray_dir = _check_resumable(config["exp_id"])
+        _check_resumable(config["exp_id"], storage)
         paths.make_dir(paths.experiment_dir(config["exp_id"]))
-        return ray_dir
+        return
     if config["exp_id"] is not None:
-        _refuse_existing(config["exp_id"])
+        _refuse_existing(config["exp_id"], storage)
     config["exp_id"] = claim_new_experiment(
         config["exp_id"], "another run took this --exp_id a moment ago; choose a new --exp_id.")
-    ray_dir = paths.hyper_tune_dir() / str(config["exp_id"])
-    if ray_dir.exists():
-        raise LibTrafficError(f"Ray's experiment folder {ray_dir} already exists; choose a new --exp_id.")
-    return ray_dir
+    if ray_session.experiment_exists(storage, str(config["exp_id"])):
+        raise LibTrafficError(f"Ray's experiment folder {storage}/{config['exp_id']} already exists; choose a new "
+                              "--exp_id.")
 
 
-def _ray_init(threads: int) -> None:
-    import ray
-
-    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    # Checkpointing every improving epoch is intended; Ray would warn about it on tiny datasets.
-    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic trial table: parameters, status, loss
-    env = {paths.ROOT_ENV: str(paths.root()), "RAY_CHDIR_TO_TRIAL_DIR": "0", "OMP_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(paths.PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")]))}
-    if ray.is_initialized():
-        return
-    kwargs = dict(runtime_env={"env_vars": env}, include_dashboard=False, logging_level=logging.WARNING,
-                  log_to_driver=True, configure_logging=True)
-    if not os.environ.get("RAY_ADDRESS"):
-        # A private Ray instance sized to this machine, even if another one is running here;
-        # set RAY_ADDRESS to use an existing cluster instead.
-        kwargs["address"] = "local"
-        kwargs["num_cpus"] = os.cpu_count()
-        kwargs["num_gpus"] = torch.cuda.device_count()
-    ray.init(**kwargs)
+def _shared_data(config: ConfigParser, space: SearchSpace, logger: logging.Logger):
+    """What every trial receives through Ray's object store: prepared data, or the raw arrays when
+    the space tunes data settings (each trial then cuts and scales its own windows)."""
+    raw_tuned = sorted(set(space.entries) & set(RAW_KEYS))
+    if raw_tuned:
+        raise LibTrafficError(
+            f"{space.path}: '{raw_tuned[0]}' chooses which files or columns are read and cannot be tuned (trials "
+            "receive the data read once by this process). Run one experiment per value instead."
+        )
+    data_tuned = sorted(set(space.entries) & set(DATA_KEYS))
+    if data_tuned:
+        raw = read_raw(config)
+        logger.info("The space tunes data settings (%s): read the raw data once (%s), shared with every trial, "
+                    "which cuts and scales its own windows", ", ".join(data_tuned), raw.data.shape)
+        return raw
+    prepared = get_dataset(config).prepare()
+    logger.info("Prepared data once in the driver: %s, shared with every trial", prepared.data.shape)
+    return prepared
 
 
-def _run_ray(config: ConfigParser, space: SearchSpace, opts: TuneOptions, gpus: int, max_t: int,
-             prepared, ray_dir: Path, logger: logging.Logger):
+def _run_ray(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t: int, shared, storage: str,
+             ctrl_c: ray_session.CtrlC, logger: logging.Logger):
     from ray import tune
 
-    _ray_init(opts.cpu_per_trial)
-    # A failed trial is listed with its error at the end and in Ray's table (with its error
-    # file); Ray's own full traceback dump per failure would bury the trial table.
-    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
-    settings = TrialSettings(base_seed=config["seed"], threads=opts.cpu_per_trial)
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base_config=config, prepared=prepared, settings=settings),
-        {"cpu": opts.cpu_per_trial, "gpu": gpus},
-    )
-    if opts.resume:
-        logger.info("Resuming experiment %s", ray_dir)
-        tuner = tune.Tuner.restore(str(ray_dir), trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space.param_space,
-            tune_config=tune.TuneConfig(
-                metric="loss", mode="min", search_alg=SEARCHERS[opts.search_alg](config["seed"], opts.max_concurrent),
-                scheduler=SCHEDULERS[opts.scheduler](max_t), num_samples=opts.num_samples,
-                time_budget_s=opts.time_budget_s, reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=str(config["exp_id"]), storage_path=str(ray_dir.parent),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="loss",
-                                                        checkpoint_score_order="min"),
-                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                progress_reporter=tune_report.progress_reporter(space),
-                verbose=1,
-            ),
-        )
-    import ray
-
-    def before_ray(signum, frame):  # our SIGINT handler; Ray installs its own over it during fit()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, before_ray)
+    session = ray_session.connect(opts.ray_address, opts.cpu_per_trial, storage)
     try:
+        gpus = ray_session.check_resources(session, opts.cpu_per_trial, opts.gpu_per_trial)
+        ray_session.check_storage_shared(session, storage)
+        # A failed trial is listed with its error at the end and in Ray's table (with its error
+        # file); Ray's own full traceback dump per failure would bury the trial table. Ray's
+        # warnings on Ctrl-C (its Tuner.restore hint) give way to ours.
+        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # trials not started yet
+        settings = TrialSettings(base_seed=config["seed"], threads=opts.cpu_per_trial)
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, base_config=config, shared=shared, settings=settings),
+            {"cpu": opts.cpu_per_trial, "gpu": gpus},
+        )
+        tuner = _tuner(config, space, opts, max_t, trainable, storage, ctrl_c, logger)
+        start = time.monotonic()
         results = tuner.fit()
     finally:
-        # Ray's handler puts the previous handler back only when it caught a Ctrl-C, saved the
-        # experiment state and stopped early; after a complete run its own handler is still set.
-        interrupted = signal.getsignal(signal.SIGINT) is before_ray
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        ray.shutdown()
-    if interrupted:
-        raise KeyboardInterrupt(f"Interrupted: finished trials are kept. Continue with the same command plus "
-                                f"--resume --exp_id {config['exp_id']}.")
+        session.end()
+    budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
+    expected = opts.num_samples * (space.grid_size() if opts.search_alg == "BasicSearch" else 1)
+    if not budget_spent and ray_session.unfinished(results, expected):
+        raise KeyboardInterrupt(ctrl_c.hint)
     return results
+
+
+def _tuner(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t: int, trainable, storage: str,
+           ctrl_c: ray_session.CtrlC, logger: logging.Logger):
+    from ray import tune
+
+    if opts.resume:
+        logger.info("Resuming experiment %s/%s", storage, config["exp_id"])
+        return tune.Tuner.restore(f"{storage}/{config['exp_id']}", trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space,
+        tune_config=tune.TuneConfig(
+            metric="loss", mode="min", search_alg=SEARCHERS[opts.search_alg](config["seed"], opts.max_concurrent),
+            scheduler=SCHEDULERS[opts.scheduler](max_t), num_samples=opts.num_samples,
+            time_budget_s=opts.time_budget_s, trial_dirname_creator=trial_dirname,
+            # One machine: a finished trial's worker trains the next (no start-up per trial). On a
+            # cluster a reused worker would take the trial a new node's worker is starting for,
+            # leaving that node idle while its worker imports PyTorch.
+            reuse_actors=not ray_session.multi_node(),
+        ),
+        run_config=tune.RunConfig(
+            name=str(config["exp_id"]), storage_path=storage,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="loss",
+                                                    checkpoint_score_order="min"),
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            progress_reporter=tune_report.progress_reporter(space),
+            callbacks=[ctrl_c.callback()],
+            verbose=1,
+        ),
+    )
