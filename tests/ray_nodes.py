@@ -9,10 +9,12 @@ for ``--node-ip-address 127.0.0.1`` (it maps loopback to it), the nodes connect 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ def free_port() -> int:
 class Node:
     proc: subprocess.Popen
     log: Path
+    ray_temp: Path
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -55,14 +58,20 @@ def end_nodes(nodes: list[Node], grace: float = 10) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(node.proc.pid, signal.SIGKILL)
             node.proc.wait(timeout=30)
+        shutil.rmtree(node.ray_temp, ignore_errors=True)
 
 
 def start_node(temp: Path, *, head_port: int | None = None, address: str | None = None, num_cpus: int = 1,
                num_gpus: int = 0, env: dict | None = None, timeout: float = 180) -> Node:
-    """A head (``head_port``) or a worker joining ``address``; returns once it is up."""
+    """A head (``head_port``) or a worker joining ``address``; returns once it is up.
+
+    ``temp`` holds the node's log; Ray's own temp dir is a short one under /tmp, because Ray's
+    socket paths inside it must stay under 107 bytes (a pytest tmp path can be too long).
+    """
     temp.mkdir(parents=True, exist_ok=True)
+    ray_temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address", "127.0.0.1",
-            "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus), "--temp-dir", str(temp),
+            "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus), "--temp-dir", str(ray_temp),
             "--disable-usage-stats", "--object-store-memory", str(100 * 2**20),
             "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
     if head_port is not None:
@@ -74,7 +83,7 @@ def start_node(temp: Path, *, head_port: int | None = None, address: str | None 
     with open(log, "w") as out:
         proc = subprocess.Popen(args, env={**(env or os.environ), **RAY_ENV}, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=temp, start_new_session=True)
-    node = Node(proc, log)
+    node = Node(proc, log, ray_temp)
     wait_until(lambda: STARTED in log.read_text() or not node.alive(), timeout, f"Ray node in {temp}")
     assert node.alive(), log.read_text()
     return node
