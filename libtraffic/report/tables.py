@@ -23,7 +23,8 @@ def experiment_facts(exp: Experiment) -> dict[str, Any]:
     facts = {"experiment": exp.exp_id, "command": s.get("command", "unknown (settings file missing)"),
              "task / model / dataset": " / ".join(exp.describe(k) for k in ("task", "model", "dataset")),
              "search algorithm": exp.describe("search_alg"), "scheduler": exp.describe("scheduler"),
-             "trials": f"{len(exp.trials)} ({len(exp.finished)} with a validation loss)"}
+             "trials": f"{len(exp.trials)} ({len(exp.finished)} with a {exp.metric_label})",
+             "ranked by": exp.metric_label + (" (higher is better)" if exp.maximised else " (lower is better)")}
     for key in ("num_samples", "max_concurrent", "seed", "started"):
         if key in s:
             facts[key.replace("_", " ")] = s[key]
@@ -36,7 +37,9 @@ def best_trial(exp: Experiment) -> dict[str, Any]:
     best = exp.best
     if best is None:
         return {"best trial": "none: no trial reported a validation loss"}
-    return {"best trial": best["trial_id"], "config": best["config"], "best validation loss": f"{best['best_loss']:.6g}",
+    chosen = {} if exp.metric == "loss" else {f"best {exp.metric_label}": f"{exp.score(best):.6g}"}
+    return {"best trial": best["trial_id"], "config": best["config"], **chosen,
+            "best validation loss": f"{best['best_loss']:.6g}",
             "best epoch": f"{best.get('best_epoch')} of {best.get('epochs_run')} run ({best.get('status')})",
             "trial seed": best.get("seed"), **({"node": best["node"]} if best.get("node") else {}),
             "best-config file": exp.best_config_path.name if exp.best_config_path else "missing"}
