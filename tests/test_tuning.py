@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -407,3 +409,28 @@ def test_r2_ranks_trials_by_the_highest(workdir, ray_cluster):
     out = tune(workdir, ray_cluster, "by_r2", space, "--num_samples", "1", "--metric", "R2", "--hidden_size", "8")
     best = check_ranked_by(workdir, "by_r2", out, "R2", max)
     assert best["best_value"] > results(workdir, "by_r2")[-1]["best_value"]
+
+
+def test_final_seeds_retrain_the_best_configuration(workdir, ray_cluster):
+    space = write_space(workdir, "finals", {"learning_rate": {"type": "grid_search", "list": [0.03, 0.003]}})
+    out = tune(workdir, ray_cluster, "finals", space, "--num_samples", "1", "--max_epoch", "1", "--hidden_size", "8",
+               "--max_concurrent", "2", "--final_seeds", "2", "--final_top", "1")
+    saved = results(workdir, "finals")
+    trials, finals = saved["trials"], saved["final_seeds"]
+    assert len(trials) == 2 and len(finals) == 1
+    best = trials[0]
+    assert finals[0]["trial_id"] == best["trial_id"] and finals[0]["config"] == best["config"]
+    runs = finals[0]["runs"]
+    seeds = [run["seed"] for run in runs]
+    assert len(runs) == 2 and len(set(seeds)) == 2 and not set(seeds) & {t["seed"] for t in trials}
+    horizons = range(1, 13)
+    for run in runs:
+        assert all(math.isfinite(run["test"][f"masked_MAE@{h}"]) for h in horizons)
+    assert runs[0]["test"] != runs[1]["test"]  # other seeds, other models
+    values = [run["test"]["masked_MAE@12"] for run in runs]
+    shown = f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+    table = out.stdout.split("retrained with fresh seeds", 1)[1]
+    assert f"trial {best['trial_id']}" in table and "2 of 2 runs" in table and shown in table
+    assert len(pd.read_csv(workdir / "libtraffic" / "cache" / "finals" / "hyper_tune_results.csv")) == 2
+    page = (workdir / "libtraffic" / "cache" / "finals" / "hyper_tune_report.html").read_text()
+    assert "<h2>Best configurations retrained with fresh seeds</h2>" in page and shown in page

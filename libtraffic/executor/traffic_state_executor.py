@@ -367,16 +367,27 @@ class TrafficStateExecutor:
 
     # ----- testing -----
     @torch.no_grad()
-    def evaluate(self, test_loader: Iterable) -> dict[str, float]:
-        """Test metrics per horizon; saves predictions (npz) and results (csv/json)."""
+    def _predict(self, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y_pred, y_true) over ``loader``, inverse-scaled, first output_dim features, on the CPU."""
         self.model.eval()
         preds, truths = [], []
-        for batch in test_loader:
+        for batch in loader:
             batch = self._to_device(batch)
             out = self.model.predict(batch)
             truths.append(self.scaler.inverse_transform(batch["y"][..., : self.output_dim]).cpu())
             preds.append(self.scaler.inverse_transform(out[..., : self.output_dim]).cpu())
-        y_pred, y_true = torch.cat(preds), torch.cat(truths)
+        return torch.cat(preds), torch.cat(truths)
+
+    def score(self, loader: Iterable) -> dict[str, float]:
+        """Metrics per horizon over ``loader`` (as evaluate()), writing no file."""
+        y_pred, y_true = self._predict(loader)
+        self.evaluator.clear()
+        self.evaluator.collect({"y_true": y_true, "y_pred": y_pred})
+        return self.evaluator.evaluate()
+
+    def evaluate(self, test_loader: Iterable) -> dict[str, float]:
+        """Test metrics per horizon; saves predictions (npz) and results (csv/json)."""
+        y_pred, y_true = self._predict(test_loader)
         folder = paths.evaluate_cache_dir(self.exp_id)
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y_%m_%d_%H_%M_%S")

@@ -62,7 +62,7 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict)) else value
 
 
-def _error_text(error: BaseException | None) -> str:
+def error_text(error: BaseException | None) -> str:
     if error is None:
         return ""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
@@ -98,7 +98,7 @@ def collect_records(results, metric: BestMetric = BY_LOSS) -> list[TrialRecord]:
             best_loss=losses[best_i] if best_i is not None else math.nan, loss_curve=losses, metric=metric.name,
             metric_mode=metric.mode, best_value=values[best_i] if best_i is not None else math.nan, metric_curve=values,
             epoch_seconds=[float(x) for x in df["epoch_time"]] if has_rows else [],
-            wall_time_s=float(df["time_total_s"].iloc[-1]) if has_rows else 0.0, error=_error_text(result.error),
+            wall_time_s=float(df["time_total_s"].iloc[-1]) if has_rows else 0.0, error=error_text(result.error),
             node=str(df["node"].iloc[-1]) if has_rows and "node" in df else "",
         ))
     return _ranked(records, metric)
@@ -113,10 +113,13 @@ def format_trials(records: list[TrialRecord], params: list[str]) -> str:
     return pd.DataFrame(rows).to_string(index=False)
 
 
-def write_results(records: list[TrialRecord], folder: Path) -> list[Path]:
+def write_results(records: list[TrialRecord], folder: Path, finals: list[dict[str, Any]] | None = None) -> list[Path]:
+    """The results json (a list of trial records; with --final_seeds {"trials": [...], "final_seeds": [...]})
+    and csv (one row per trial)."""
     folder.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = folder / "hyper_tune_results.json", folder / "hyper_tune_results.csv"
-    write_json(json_path, [asdict(r) for r in records])
+    trials = [asdict(r) for r in records]
+    write_json(json_path, {"trials": trials, "final_seeds": finals} if finals else trials)
     curves = ("loss_curve", "metric_curve", "epoch_seconds")
     rows = [{**{k: v for k, v in asdict(r).items() if k != "config" and k not in curves},
              **{f"config.{k}": v for k, v in r.config.items()}, **{k: json.dumps(getattr(r, k)) for k in curves}}
@@ -173,11 +176,11 @@ def _print_best(best: TrialRecord) -> None:
 
 
 def finish(config: ConfigParser, space: SearchSpace, results, logger: logging.Logger,
-           shared: PreparedData | RawData, fit_seconds: float) -> dict[str, Any]:
+           shared: PreparedData | RawData, fit_seconds: float, finals: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     metric = parse_best_metric(config["best_metric"], config["output_window"])
     records = collect_records(results, metric)
     folder = paths.experiment_dir(config["exp_id"])
-    written = write_results(records, folder)
+    written = write_results(records, folder, finals)
     params = list(space.entries)
     finished = [r for r in records if r.status != "ERROR" and r.epochs_run]
     print("\nAll trials, best first:\n" + format_trials(records, params))
@@ -206,8 +209,13 @@ def finish(config: ConfigParser, space: SearchSpace, results, logger: logging.Lo
     test_result = executor.evaluate(test_data)
     print(f"Best model: {model_file}\nBest config (for run_model.py --config_file): {best_file}\n"
           f"All trials: {written[0]} and {written[1].name}")
+    if finals:
+        from libtraffic.pipeline.final_seeds import summary
+
+        print("\nBest configuration(s) retrained with fresh seeds: test metrics per horizon, mean ± std over the runs\n"
+              + summary(finals))
     write_report_safely(config["exp_id"], logger)
     return {"trial_id": best.trial_id, "config": best.config, "loss": best.best_loss, "seed": best.seed,
             "metric": metric.name, "best_value": best.best_value, "best_epoch": best.best_epoch,
             "test": test_result, "model_file": str(model_file), "config_file": str(best_file),
-            "fit_seconds": fit_seconds, "trials": [asdict(r) for r in records]}
+            "fit_seconds": fit_seconds, "trials": [asdict(r) for r in records], "final_seeds": finals or []}

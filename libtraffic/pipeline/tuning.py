@@ -24,7 +24,7 @@ from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS, RAW_KEYS, read_raw
 from libtraffic.executor.best_metric import BestMetric, parse_best_metric
-from libtraffic.pipeline import dry_run, experiment
+from libtraffic.pipeline import dry_run, experiment, final_seeds
 from libtraffic.pipeline.pipeline import default_names, claim_new_experiment
 from libtraffic.pipeline.search_space import DEFAULT_SPACE, SearchSpace, load_search_space
 from libtraffic.pipeline.trial import TrialSettings, train_trial, trial_dirname
@@ -121,6 +121,8 @@ class TuneOptions:
     ray_address: str | None = None
     storage_path: str | None = None
     metric: str | None = None  # None: config key best_metric (default loss)
+    final_seeds: int = 0  # retrain the best configurations this many times with fresh seeds (0: no)
+    final_top: int = 1  # how many of the best configurations
 
 
 def ranking(config: ConfigParser) -> BestMetric:
@@ -153,6 +155,11 @@ def _check_options(opts: TuneOptions) -> None:
                 f"--gpu_per_trial {gpu:g} cannot be satisfied: this machine has {gpus} GPU(s), so every trial "
                 "would wait forever. Use --gpu_per_trial 0 to train on the CPU."
             )
+    if opts.final_seeds != 0 and opts.final_seeds < 2:
+        raise LibTrafficError(f"--final_seeds must be 0 (no retraining) or at least 2 (a spread needs two runs), "
+                              f"got {opts.final_seeds}.")
+    if opts.final_top < 1:
+        raise LibTrafficError(f"--final_top must be at least 1, got {opts.final_top}.")
     if opts.time_budget_s is not None and opts.time_budget_s <= 0:
         raise LibTrafficError(f"--time_budget_s must be positive, got {opts.time_budget_s}.")
 
@@ -203,16 +210,18 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
                     num_samples: int = 5, max_concurrent: int = 1, cpu_per_trial: int = 1,
                     gpu_per_trial: float | None = None, resume: bool = False, dry_run: bool = False,
                     time_budget_s: float | None = None, ray_address: str | None = None,
-                    storage_path: str | None = None, metric: str | None = None) -> dict[str, Any] | None:
+                    storage_path: str | None = None, metric: str | None = None, final_seeds: int = 0,
+                    final_top: int = 1) -> dict[str, Any] | None:
     """Tune the model named by ``model_name`` over ``space_file``; returns the best trial's summary.
 
     ``ray_address`` (or RAY_ADDRESS): the Ray cluster to join, else a private local instance;
     ``storage_path``: folder or URI (s3://...) holding the experiment, default libtraffic/cache/hyper_tune;
-    ``metric``: what ranks trials (loss, an evaluator metric such as masked_MAE, or masked_MAE@12).
+    ``metric``: what ranks trials (loss, an evaluator metric such as masked_MAE, or masked_MAE@12);
+    ``final_seeds`` / ``final_top``: retrain the ``final_top`` best configurations ``final_seeds`` times (final_seeds.py).
     """
     opts = TuneOptions(space_file or DEFAULT_SPACE, scheduler or "FIFO", search_alg or "BasicSearch", num_samples,
                        max_concurrent, cpu_per_trial, gpu_per_trial, resume, dry_run, time_budget_s, ray_address,
-                       storage_path, metric)
+                       storage_path, metric, final_seeds, final_top)
     config = ConfigParser(*default_names(task, model_name, dataset_name), config_file, other_args=other_args)
     config["hyper_tune"] = True
     if opts.metric is not None:
@@ -259,8 +268,8 @@ def _tune(config: ConfigParser, space: SearchSpace, opts: TuneOptions, storage: 
     start = time.perf_counter()
     # From here a Ctrl-C ends with how to resume (a second one during Ray's graceful stop too).
     with ray_session.CtrlC(exp_id) as ctrl_c:
-        results = _run_ray(config, space, opts, max_t, shared, storage, ctrl_c, logger)
-        return tune_report.finish(config, space, results, logger, shared, time.perf_counter() - start)
+        results, finals = _run_ray(config, space, opts, max_t, shared, storage, ctrl_c, logger)
+        return tune_report.finish(config, space, results, logger, shared, time.perf_counter() - start, finals)
 
 
 def _settings(config: ConfigParser, space: SearchSpace, opts: TuneOptions,
@@ -268,7 +277,8 @@ def _settings(config: ConfigParser, space: SearchSpace, opts: TuneOptions,
     """The experiment's record (hyper_tune_experiment.json), compared on --resume."""
     options = {"search_alg": opts.search_alg, "scheduler": opts.scheduler, "num_samples": opts.num_samples,
                "max_concurrent": opts.max_concurrent, "cpu_per_trial": opts.cpu_per_trial,
-               "gpu_per_trial": opts.gpu_per_trial, "time_budget_s": opts.time_budget_s, "metric": opts.metric}
+               "gpu_per_trial": opts.gpu_per_trial, "time_budget_s": opts.time_budget_s, "metric": opts.metric,
+               "final_seeds": opts.final_seeds, "final_top": opts.final_top}
     return experiment.experiment_settings(config, space.path, space.entries, options, set(other_args or {}))
 
 
@@ -351,13 +361,26 @@ def _run_ray(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t:
         tuner = _tuner(config, space, opts, max_t, trainable, storage, ctrl_c, logger)
         start = time.monotonic()
         results = tuner.fit()
+        budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
+        expected = opts.num_samples * (space.grid_size() if opts.search_alg == "BasicSearch" else 1)
+        if not budget_spent and ray_session.unfinished(results, expected):
+            raise KeyboardInterrupt(ctrl_c.hint)
+        finals = _final_runs(config, opts, results, shared, gpus, logger)
     finally:
         session.end()
-    budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
-    expected = opts.num_samples * (space.grid_size() if opts.search_alg == "BasicSearch" else 1)
-    if not budget_spent and ray_session.unfinished(results, expected):
-        raise KeyboardInterrupt(ctrl_c.hint)
-    return results
+    return results, finals
+
+
+def _final_runs(config: ConfigParser, opts: TuneOptions, results, shared, gpus: float,
+                logger: logging.Logger) -> list[dict[str, Any]]:
+    """--final_seeds: the best configurations retrained with fresh seeds on the same Ray session."""
+    if not opts.final_seeds:
+        return []
+    records = tune_report.collect_records(results, ranking(config))
+    runs = final_seeds.plan(records, opts.final_top, opts.final_seeds, config["seed"])
+    if not runs:
+        return []  # no trial finished: finish() reports that
+    return final_seeds.run_all(runs, config, shared, opts.cpu_per_trial, gpus, opts.max_concurrent, logger)
 
 
 def _tuner(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t: int, trainable, storage: str,
