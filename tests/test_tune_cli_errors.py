@@ -455,3 +455,12 @@ def test_unknown_metric(tune_dir: Path, metric: str, pattern: str, dry_run: bool
 def test_space_may_not_tune_the_metric(tune_dir: Path) -> None:
     (tune_dir / "metric.json").write_text(json.dumps({"best_metric": {"type": "choice", "list": ["loss", "MAE"]}}))
     tune_error(tune_dir, r"'best_metric' cannot be tuned; set it with --best_metric instead\.", space_file="metric")
+
+
+@pytest.mark.parametrize(("flags", "pattern"), [
+    ({"final_seeds": 1}, r"--final_seeds must be 0 \(no retraining\) or at least 2 \(a spread needs two runs\), got 1\."),
+    ({"final_seeds": -2}, r"--final_seeds must be 0 .* got -2\."),
+    ({"final_seeds": 3, "final_top": 0}, r"--final_top must be at least 1, got 0\."),
+])
+def test_final_seeds_counts(tune_dir: Path, flags: dict, pattern: str) -> None:
+    tune_error(tune_dir, pattern, **flags)
