@@ -384,6 +384,7 @@ def check_ranked_by(workdir: Path, exp_id: str, out, metric: str, pick) -> dict:
     assert state["epoch"] == best["best_epoch"] and state["best_metric"] == metric
     assert state["best_value"] == pytest.approx(best["best_value"], rel=1e-6)
     assert json.loads((cache / "hyper_tune_experiment.json").read_text())["metric"] == metric
+    assert json.loads((cache / f"GRU_{DATASET}_best_config.json").read_text())["best_metric"] == metric
     assert f"validation {metric}" in (cache / "hyper_tune_report.html").read_text()
     return best
 

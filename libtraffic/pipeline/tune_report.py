@@ -141,11 +141,12 @@ def _best_state(results, trial_id: str, metric: BestMetric, logger: logging.Logg
 
 
 def best_config_file(config: ConfigParser, best: TrialRecord) -> dict[str, Any]:
-    """The user's fixed settings plus the best sampled values and the trial seed."""
+    """The user's fixed settings plus the best sampled values, the trial seed and (when not the loss) the
+    metric that chose the best epoch, so run_model.py --config_file keeps the same epoch."""
     user = {k: config[k] for k, source in config.sources.items()
             if (source == "command line" or source.startswith("config file"))
             and k not in ("task", "model", "dataset", "exp_id", "dataset_class", "executor", "evaluator")}
-    return {**user, **best.config, "seed": best.seed}
+    return {**user, **best.config, "seed": best.seed, **({} if best.metric == LOSS else {"best_metric": best.metric})}
 
 
 def write_report_safely(exp_id: str | int, logger: logging.Logger) -> None:
