@@ -35,6 +35,15 @@ def main() -> None:
     parser.add_argument("--storage_path", type=str, default=None,
                         help="folder every node sees (NFS) or URI (s3://bucket/path) holding the experiment "
                              "(default ./libtraffic/cache/hyper_tune)")
+    parser.add_argument("--metric", type=str, default=None,
+                        help="what ranks trials and picks each trial's best epoch, on the validation split: loss "
+                             "(default, the validation loss), or an evaluator metric (MAE, MAPE, MSE, RMSE, masked_MAE, "
+                             "masked_MAPE, masked_MSE, masked_RMSE, R2, EVAR) as the mean over horizons (masked_MAE) "
+                             "or at one horizon (masked_MAE@12); R2 and EVAR are maximised")
+    parser.add_argument("--final_seeds", type=int, default=0,
+                        help="after the search, retrain the best configuration(s) this many times with fresh seeds and "
+                             "report test metrics as mean ± std (default 0: no retraining; else at least 2)")
+    parser.add_argument("--final_top", type=int, default=1, help="how many of the best configurations --final_seeds retrains")
     add_general_arguments(parser)
     args, extras = parser.parse_known_args()
     overrides = collect_overrides(args, ["exp_id", "seed", *GENERAL_ARGUMENTS], extra_config_args(parser, extras))
@@ -47,7 +56,8 @@ def main() -> None:
                         other_args=overrides, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
                         cpu_per_trial=args.cpu_per_trial, gpu_per_trial=args.gpu_per_trial, resume=args.resume,
                         dry_run=args.dry_run, time_budget_s=args.time_budget_s, ray_address=args.ray_address,
-                        storage_path=args.storage_path)
+                        storage_path=args.storage_path, metric=args.metric,
+                        final_seeds=args.final_seeds, final_top=args.final_top)
     except TuningFailed as err:
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -182,7 +182,7 @@ def test_early_stopping(tiny_dataset: str, caplog: pytest.LogCaptureFixture) -> 
 
 
 CHECKPOINT_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch", "best_val_loss",
-                   "best_epoch", "wait", "history", "config", "rng_state"}
+                   "best_epoch", "best_metric", "best_value", "wait", "history", "config", "rng_state"}
 
 
 def test_checkpoint_dict_and_load_state(tiny_dataset: str) -> None:
@@ -282,3 +282,70 @@ def test_best_checkpoint_matches_its_epoch_file(tiny_dataset: str) -> None:
         assert torch.equal(best["optimizer_state_dict"]["state"][index]["exp_avg"], state["exp_avg"])
     for key, value in saved["model_state_dict"].items():
         assert torch.equal(best["model_state_dict"][key], value), key
+
+
+def _valid_predictions(executor, loader) -> tuple[np.ndarray, np.ndarray]:
+    """(pred, true) on ``loader``, inverse-scaled, as numpy [samples, window, nodes, dim]."""
+    executor.model.eval()
+    preds, truths = [], []
+    with torch.no_grad():
+        for batch in loader:
+            preds.append(executor.scaler.inverse_transform(executor.model.predict(batch)[..., :1]).numpy())
+            truths.append(executor.scaler.inverse_transform(batch["y"][..., :1]).numpy())
+    return np.concatenate(preds).astype(np.float64), np.concatenate(truths).astype(np.float64)
+
+
+def test_best_epoch_by_a_metric_at_one_horizon(tiny_dataset: str) -> None:
+    executor, (train, valid, _) = build(tiny_dataset, max_epoch=3, best_metric="masked_MAE@2", learning_rate=0.05)
+    executor.train(train, valid)
+    values = [h["masked_MAE@2"] for h in executor.history]
+    assert executor.best_epoch == int(np.argmin(values))
+    assert executor.best_value == min(values)
+    assert executor.best_val_loss == executor.history[executor.best_epoch]["loss"]
+    # The model holds the best epoch's weights; the value is masked MAE at horizon 2, computed here by hand.
+    pred, true = _valid_predictions(executor, valid)
+    t, p = true[:, 1], pred[:, 1]
+    keep = np.abs(t) > 1e-4  # zero readings come back from the scaler a few 1e-6 off zero
+    assert executor._validate(valid, 0)["masked_MAE@2"] == pytest.approx(np.abs(p - t)[keep].mean(), rel=1e-5)
+    saved = torch.load(executor.epoch_file(executor.best_epoch), weights_only=False)
+    assert saved["best_metric"] == "masked_MAE@2" and saved["best_value"] == executor.best_value
+
+
+def test_metric_without_horizon_is_the_mean_over_horizons(tiny_dataset: str) -> None:
+    executor, (train, valid, _) = build(tiny_dataset, max_epoch=1, best_metric="masked_RMSE")
+    executor.train(train, valid)
+    pred, true = _valid_predictions(executor, valid)
+    per_horizon = [np.sqrt(((pred[:, h] - true[:, h])[np.abs(true[:, h]) > 1e-4] ** 2).mean()) for h in range(3)]
+    assert executor.history[0]["masked_RMSE"] == pytest.approx(np.mean(per_horizon), rel=1e-5)
+
+
+def test_r2_best_epoch_is_the_highest(tiny_dataset: str) -> None:
+    executor, _ = build(tiny_dataset, best_metric="R2", use_early_stop=True, patience=2)
+    assert executor.best_metric.mode == "max"
+    executor._track_best(0, {"loss": 1.0, "R2": 0.5})
+    executor._track_best(1, {"loss": 0.5, "R2": 0.3})  # a lower loss but a worse R2: not the best
+    assert (executor.best_epoch, executor.best_value, executor.best_val_loss, executor.wait) == (0, 0.5, 1.0, 1)
+    executor._track_best(2, {"loss": 0.9, "R2": 0.7})
+    assert (executor.best_epoch, executor.best_value, executor.wait) == (2, 0.7, 0)
+    executor._track_best(3, {"loss": 0.1, "R2": 0.6})
+    executor._track_best(4, {"loss": 0.1, "R2": 0.6})
+    assert executor.stop and executor.best_epoch == 2
+
+
+@pytest.mark.parametrize("name, message", [
+    ("masked_MEA", r"Unknown metric 'masked_MEA'.*Did you mean 'masked_MAE'\?.*Valid values: .*R2"),
+    ("masked_MAE@4", r"horizon after @ must be a whole number from 1 to output_window \(3\)"),
+    ("masked_MAE@0", r"from 1 to output_window"),
+    ("loss@1", r"validation loss has no horizons"),
+])
+def test_unknown_best_metric(tiny_dataset: str, name: str, message: str) -> None:
+    with pytest.raises(LibTrafficError, match=message):
+        build(tiny_dataset, best_metric=name)
+
+
+def test_resume_refuses_another_best_metric(tiny_dataset: str) -> None:
+    first, (train, valid, _) = build(tiny_dataset, exp_id="resm")
+    first.train(train, valid)
+    resumed, (train, valid, _) = build(tiny_dataset, exp_id="resm", epoch=1, max_epoch=3, best_metric="masked_MAE")
+    with pytest.raises(LibTrafficError, match=r"chose its best epoch by loss, this run by best_metric masked_MAE"):
+        resumed.train(train, valid)

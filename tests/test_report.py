@@ -282,3 +282,27 @@ def test_importance_takes_every_space_type_with_values_ray_samples(workdir, exp_
     assert distribution(exp, "b").log and distribution(exp, "g").log and not distribution(exp, "a").log
     scores = importance(exp)  # Optuna's create_trial refuses a value outside its distribution
     assert set(scores) == set(entries) and max(scores, key=scores.get) == "a"  # the loss is 1 + a
+
+
+def test_panels_use_the_ranking_metric_when_the_records_name_one(records, exp_folder):
+    """Records of a --metric R2 run: ranked and drawn by best_value (higher is better), labelled with the name."""
+    rng = np.random.default_rng(5)
+    for r in records:
+        r.update(metric="R2", metric_mode="max", metric_curve=[float(v) for v in rng.uniform(0, 1, len(r["loss_curve"]))])
+        r["best_value"] = max(r["metric_curve"]) if r["metric_curve"] else math.nan
+    (exp_folder / RESULTS_FILE).write_text(json.dumps(records))
+    exp = load_experiment("e1")
+    done = [r for r in records if r["status"] != "ERROR"]
+    assert exp.best["trial_id"] == max(done, key=lambda r: r["best_value"])["trial_id"]
+    ax = figures.history(exp).axes[0]
+    assert ax.get_ylabel() == "best validation R2"
+    order = sorted(records, key=lambda r: r["started"])
+    values = [r["best_value"] for r in order]
+    expected = [max([v for v in values[: i + 1] if not math.isnan(v)], default=math.nan) for i in range(len(values))]
+    np.testing.assert_allclose(by_label(ax, "running best").get_ydata(), expected)
+    ax = figures.curves(exp).axes[0]
+    assert ax.get_ylabel() == "validation R2"
+    drawn = {line.get_label(): line for line in ax.lines}
+    for r in done:
+        assert list(drawn[r["trial_id"]].get_ydata()) == r["metric_curve"]
+    assert "best validation R2" in write_report("e1").read_text()

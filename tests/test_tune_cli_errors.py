@@ -113,6 +113,7 @@ CASES: dict[str, tuple[list[str], Callable[[Path], None] | None]] = {
     "dry_run_problems": (["--space_file", "bad_space", "--dry_run", "--exp_id", "trained"], _setup_bad_space),
     "dry_run_bad_dyna": (["--space_file", "sample_space_file", "--dry_run"], _setup_header_only_dyna),
     "unwritable_workdir": (["--space_file", "sample_space_file"], _setup_file_named_libtraffic),
+    "unknown_metric": (["--space_file", "sample_space_file", "--metric", "masked_MEA", "--dry_run"], None),
 }
 # test name -> the cases it reads (only the cases of selected tests are run)
 USED_BY: dict[str, tuple[str, ...]] = {
@@ -127,6 +128,7 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "test_cli_dry_run_reports_every_problem": ("dry_run_problems",),
     "test_cli_dry_run_reads_the_dataset": ("dry_run_bad_dyna",),
     "test_cli_unwritable_working_directory": ("unwritable_workdir",),
+    "test_cli_unknown_metric": ("unknown_metric",),
 }
 
 
@@ -427,3 +429,38 @@ def test_names_that_would_escape(tune_dir: Path, exp_id: str | None, dataset: st
     tune_error(tune_dir, pattern, dataset_name=dataset, other_args={"exp_id": exp_id})
     tune_error(tune_dir, pattern, dataset_name=dataset, other_args={"exp_id": exp_id}, dry_run=True)
     assert not (tune_dir / "libtraffic").exists() and not (tune_dir.parent / "x").exists()
+
+
+def test_cli_unknown_metric(cli) -> None:
+    result = cli("unknown_metric")
+    assert_user_error(result, "Unknown metric 'masked_MEA' (from --metric).", "Did you mean 'masked_MAE'?",
+                      "Valid values: EVAR, MAE, MAPE, MSE, R2, RMSE, loss, masked_MAE, masked_MAPE, masked_MSE, "
+                      "masked_RMSE.")
+    assert "Dry run:" not in result.stdout
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize(("metric", "pattern"), [
+    ("val_loss", r"Unknown metric 'val_loss' \(from --metric\)\..*Valid values: EVAR, MAE"),
+    ("r2", r"Unknown metric 'r2' \(from --metric\)\. Did you mean 'R2'\?"),
+    ("masked_MAE@13", r"--metric: 'masked_MAE@13': the horizon after @ must be a whole number from 1 to output_window "
+                      r"\(12\), e.g\. masked_MAE@12\."),
+    ("masked_MAE@x", r"horizon after @ must be a whole number"),
+    ("loss@3", r"the validation loss has no horizons"),
+])
+def test_unknown_metric(tune_dir: Path, metric: str, pattern: str, dry_run: bool) -> None:
+    tune_error(tune_dir, pattern, metric=metric, dry_run=dry_run)
+
+
+def test_space_may_not_tune_the_metric(tune_dir: Path) -> None:
+    (tune_dir / "metric.json").write_text(json.dumps({"best_metric": {"type": "choice", "list": ["loss", "MAE"]}}))
+    tune_error(tune_dir, r"'best_metric' cannot be tuned; set it with --best_metric instead\.", space_file="metric")
+
+
+@pytest.mark.parametrize(("flags", "pattern"), [
+    ({"final_seeds": 1}, r"--final_seeds must be 0 \(no retraining\) or at least 2 \(a spread needs two runs\), got 1\."),
+    ({"final_seeds": -2}, r"--final_seeds must be 0 .* got -2\."),
+    ({"final_seeds": 3, "final_top": 0}, r"--final_top must be at least 1, got 0\."),
+])
+def test_final_seeds_counts(tune_dir: Path, flags: dict, pattern: str) -> None:
+    tune_error(tune_dir, pattern, **flags)

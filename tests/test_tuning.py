@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -353,3 +355,83 @@ def test_same_exp_id_at_once_and_resume_must_repeat_settings(workdir, ray_cluste
                              env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert "Best trial config" in allowed.stdout
+
+
+def printed_best_metric(stdout: str, metric: str) -> tuple[dict, float]:
+    config = re.search(r"Best trial config: (\{.*\})", stdout).group(1)
+    value = float(re.search(rf"Best trial validation {re.escape(metric)} \(--metric, ranks the trials\): ([0-9.eE+-]+)",
+                            stdout).group(1))
+    return eval(config, {"__builtins__": {}}), value  # a printed dict of numbers and strings
+
+
+def check_ranked_by(workdir: Path, exp_id: str, out, metric: str, pick) -> dict:
+    """Every record's best epoch is its best by ``metric`` (``pick``: min or max), the records and the printed
+    best trial are ranked by it, and the exported model is that trial's best epoch. Returns the best record."""
+    rows = results(workdir, exp_id)
+    for r in rows:
+        assert r["metric"] == metric and len(r["metric_curve"]) == len(r["loss_curve"]) == r["epochs_run"]
+        assert r["best_value"] == pick(r["metric_curve"])
+        assert r["best_epoch"] == r["metric_curve"].index(r["best_value"])
+        assert r["best_loss"] == r["loss_curve"][r["best_epoch"]]
+    values = [r["best_value"] for r in rows]
+    assert values == sorted(values, reverse=pick is max)
+    best = rows[0]
+    config, value = printed_best_metric(out.stdout, metric)
+    assert config == best["config"] and value == pytest.approx(best["best_value"], rel=1e-12)
+    assert "Best trial final validation loss" not in out.stdout
+    cache = workdir / "libtraffic" / "cache" / exp_id
+    state = torch.load(cache / "model_cache" / f"GRU_{DATASET}.m", weights_only=False)
+    assert state["epoch"] == best["best_epoch"] and state["best_metric"] == metric
+    assert state["best_value"] == pytest.approx(best["best_value"], rel=1e-6)
+    assert json.loads((cache / "hyper_tune_experiment.json").read_text())["metric"] == metric
+    assert json.loads((cache / f"GRU_{DATASET}_best_config.json").read_text())["best_metric"] == metric
+    assert f"validation {metric}" in (cache / "hyper_tune_report.html").read_text()
+    return best
+
+
+def test_metric_at_one_horizon_ranks_trials_and_picks_best_epochs(workdir, ray_cluster):
+    space = write_space(workdir, "by_mae3", {
+        "hidden_size": {"type": "grid_search", "list": [8, 16]},
+        "learning_rate": {"type": "grid_search", "list": [0.03, 0.003]},
+        "max_epoch": {"type": "choice", "list": [3]},
+    })
+    out = tune(workdir, ray_cluster, "by_mae3", space, "--num_samples", "1", "--metric", "masked_MAE@3",
+               "--scheduler", "ASHA")
+    check_ranked_by(workdir, "by_mae3", out, "masked_MAE@3", min)
+    table = pd.read_csv(workdir / "libtraffic" / "cache" / "by_mae3" / "hyper_tune_results.csv")
+    assert set(table["metric"]) == {"masked_MAE@3"} and "best val masked_MAE@3" in out.stdout
+
+
+def test_r2_ranks_trials_by_the_highest(workdir, ray_cluster):
+    space = write_space(workdir, "by_r2", {
+        "learning_rate": {"type": "grid_search", "list": [0.03, 0.001]},
+        "max_epoch": {"type": "choice", "list": [2]},
+    })
+    out = tune(workdir, ray_cluster, "by_r2", space, "--num_samples", "1", "--metric", "R2", "--hidden_size", "8")
+    best = check_ranked_by(workdir, "by_r2", out, "R2", max)
+    assert best["best_value"] > results(workdir, "by_r2")[-1]["best_value"]
+
+
+def test_final_seeds_retrain_the_best_configuration(workdir, ray_cluster):
+    space = write_space(workdir, "finals", {"learning_rate": {"type": "grid_search", "list": [0.03, 0.003]}})
+    out = tune(workdir, ray_cluster, "finals", space, "--num_samples", "1", "--max_epoch", "1", "--hidden_size", "8",
+               "--max_concurrent", "2", "--final_seeds", "2", "--final_top", "1")
+    saved = results(workdir, "finals")
+    trials, finals = saved["trials"], saved["final_seeds"]
+    assert len(trials) == 2 and len(finals) == 1
+    best = trials[0]
+    assert finals[0]["trial_id"] == best["trial_id"] and finals[0]["config"] == best["config"]
+    runs = finals[0]["runs"]
+    seeds = [run["seed"] for run in runs]
+    assert len(runs) == 2 and len(set(seeds)) == 2 and not set(seeds) & {t["seed"] for t in trials}
+    horizons = range(1, 13)
+    for run in runs:
+        assert all(math.isfinite(run["test"][f"masked_MAE@{h}"]) for h in horizons)
+    assert runs[0]["test"] != runs[1]["test"]  # other seeds, other models
+    values = [run["test"]["masked_MAE@12"] for run in runs]
+    shown = f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+    table = out.stdout.split("retrained with fresh seeds", 1)[1]
+    assert f"trial {best['trial_id']}" in table and "2 of 2 runs" in table and shown in table
+    assert len(pd.read_csv(workdir / "libtraffic" / "cache" / "finals" / "hyper_tune_results.csv")) == 2
+    page = (workdir / "libtraffic" / "cache" / "finals" / "hyper_tune_report.html").read_text()
+    assert "<h2>Best configurations retrained with fresh seeds</h2>" in page and shown in page

@@ -132,9 +132,23 @@ class TrafficStateEvaluator:
                 steps = self._steps(i)
                 t, p = y_true[:, steps], y_pred[:, steps]
                 for name, fn in self._metric_fns.items():
-                    extra = {"min_label": self.mask_val} if self.mask_val is not None and name in MASK_VAL_METRICS else {}
-                    result[f"{name}@{i}"] = float(fn(p, t, **extra))
+                    result[f"{name}@{i}"] = float(fn(p, t, **self._extra(name)))
         return result
+
+    def _extra(self, name: str) -> dict[str, float]:
+        """masked_MAE / masked_MAPE also ignore labels below eval_mask_val (as LibCity's evaluator)."""
+        return {"min_label": self.mask_val} if self.mask_val is not None and name in MASK_VAL_METRICS else {}
+
+    def score(self, y_true: Tensor, y_pred: Tensor, name: str, horizon: int | None = None) -> float:
+        """Metric ``name`` (any of METRICS, whether or not config 'metrics' lists it) at ``horizon``
+        (1-based, scored on the steps evaluator_mode gives it), or the mean over all horizons when None;
+        honours eval_mask_val as evaluate() does. Inputs as for collect()."""
+        fn = lookup(METRICS, name, "metric")
+        extra = self._extra(name)
+        horizons = [horizon] if horizon is not None else range(1, self.output_window + 1)
+        with torch.no_grad():
+            values = [float(fn(y_pred[:, self._steps(i)], y_true[:, self._steps(i)], **extra)) for i in horizons]
+        return sum(values) / len(values)
 
     def _frame(self, result: Mapping[str, float]) -> pd.DataFrame:
         """Rows horizons 1..output_window, columns metrics in config order."""

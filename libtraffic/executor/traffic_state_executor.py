@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from libtraffic.evaluator import get_evaluator
+from libtraffic.executor.best_metric import parse_best_metric
 from libtraffic.executor.optim import build_optimizer, build_scheduler
 from libtraffic.model import loss as losses
 from libtraffic.utils import paths
@@ -31,7 +32,8 @@ class TrainingDiverged(LibTrafficError):
     """The loss or the predictions became NaN/inf; the run stops instead of scoring garbage."""
 
 
-# Called after every epoch with (epoch, {'loss': val_loss, 'train_loss': ..., 'lr': ..., 'epoch_time': ...}).
+# Called after every epoch with (epoch, {'loss': val_loss, 'train_loss': ..., 'lr': ..., 'epoch_time': ...});
+# with a best_metric other than loss the dict also holds it by name (e.g. 'masked_MAE@3').
 EpochHook = Callable[[int, dict[str, float]], None]
 
 
@@ -61,8 +63,10 @@ class TrafficStateExecutor:
         self.lr_scheduler = build_scheduler(self.optimizer, config)
         self.loss_fn = None if config["train_loss"] == "none" else losses.get_train_loss(config["train_loss"])
         self.evaluator = get_evaluator(config)
+        self.best_metric = parse_best_metric(config["best_metric"], config["output_window"])
         self.start_epoch = 0
-        self.best_val_loss = float("inf")
+        self.best_val_loss = float("inf")  # the validation loss of the best epoch
+        self.best_value = self.best_metric.worst  # the best epoch's best_metric (its loss when that is 'loss')
         self.best_epoch = -1
         self.best_state: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
@@ -76,7 +80,7 @@ class TrafficStateExecutor:
 
     # ----- checkpoints (one self-describing dict, also used by tuning) -----
     def state(self, epoch: int) -> dict[str, Any]:
-        """Checkpoint after ``epoch``: model, optimiser, scheduler, epoch, best loss, config."""
+        """Checkpoint after ``epoch``: model, optimiser, scheduler, epoch, best loss and metric, config."""
         return {
             "model_state_dict": self.model.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
@@ -84,6 +88,8 @@ class TrafficStateExecutor:
             "epoch": epoch,
             "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
+            "best_metric": self.best_metric.name,
+            "best_value": self.best_value,
             "wait": self.wait,
             "history": list(self.history),
             "config": serializable_config(self.config),
@@ -99,9 +105,21 @@ class TrafficStateExecutor:
         self.start_epoch = state["epoch"] + 1
         self.best_val_loss = state["best_val_loss"]
         self.best_epoch = state["best_epoch"]
+        self._load_best_value(state)
         self.wait = state.get("wait", self.start_epoch - 1 - self.best_epoch)
         self.history = list(state.get("history", []))
         self._resumed_rng = state.get("rng_state")
+
+    def _load_best_value(self, state: Mapping[str, Any]) -> None:
+        """The best epoch's best_metric from a checkpoint; one chosen by another metric cannot continue."""
+        saved = state.get("best_metric", "loss")  # checkpoints from before best_metric ranked by the loss
+        if saved != self.best_metric.name:
+            raise LibTrafficError(
+                f"The checkpoint resumed from chose its best epoch by {saved}, this run by best_metric "
+                f"{self.best_metric.name}: the best epoch so far would be wrong. Resume with --best_metric {saved} "
+                "(hyper_tune.py: --metric), or train again with a new --exp_id."
+            )
+        self.best_value = state.get("best_value", state["best_val_loss"])
 
     def save_model(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
         path = Path(path)
@@ -185,21 +203,40 @@ class TrafficStateExecutor:
             total, count = total + value, count + 1
         return total / max(count, 1)
 
-    @torch.no_grad()
     def _valid_epoch(self, loader: Iterable, epoch: int) -> float:
         """Validation loss: the mean over samples; with eval_pad_with_last_sample, LibCity's mean of
         per-batch losses over the padded batches."""
+        return self._validate(loader, epoch)["loss"]
+
+    @torch.no_grad()
+    def _validate(self, loader: Iterable, epoch: int) -> dict[str, float]:
+        """{'loss': validation loss} and, when best_metric is an evaluator metric, {its name: value},
+        scored by the evaluator's functions on the same pass (inverse-scaled, first output_dim features)."""
         self.model.eval()
         total, count = 0.0, 0
         per_batch = self.config["eval_pad_with_last_sample"]
+        preds, truths = [], []
         for batch in loader:
             batch = self._to_device(batch)
             n = 1 if per_batch else batch["X"].shape[0]
             total, count = total + self._batch_loss(batch).item() * n, count + n
+            if not self.best_metric.is_loss:
+                truths.append(self.scaler.inverse_transform(batch["y"][..., : self.output_dim]).cpu())
+                preds.append(self.scaler.inverse_transform(self.model.predict(batch)[..., : self.output_dim]).cpu())
         value = total / max(count, 1)
         if not math.isfinite(value):
             raise self._diverged(f"epoch {epoch}: the validation loss is {value}")
-        return value
+        if self.best_metric.is_loss:
+            return {"loss": value}
+        metric = self.best_metric
+        score = self.evaluator.score(torch.cat(truths), torch.cat(preds), metric.base, metric.horizon)
+        if not math.isfinite(score):
+            raise LibTrafficError(
+                f"Epoch {epoch}: best_metric {metric.name} is {score} on the validation split (no label counts, or "
+                f"a zero label under an unmasked MAPE), so no epoch can be chosen by it. Choose another metric "
+                "(e.g. the masked_ one, or loss)."
+            )
+        return {"loss": value, metric.name: score}
 
     def _diverged(self, where: str) -> TrainingDiverged:
         c = self.config
@@ -211,7 +248,8 @@ class TrafficStateExecutor:
         )
 
     def train(self, train_loader: Iterable, eval_loader: Iterable, hooks: Iterable[EpochHook] = ()) -> float:
-        """Train from start_epoch to max_epoch; returns the best validation loss.
+        """Train from start_epoch to max_epoch; returns the best epoch's validation loss (the best epoch is
+        chosen by config ``best_metric``, the validation loss by default).
 
         After training, the model holds the best epoch's weights when load_best_epoch is true.
         Resuming (config ``epoch`` K) restores epoch K's weights, optimiser, scheduler, best epoch,
@@ -229,8 +267,8 @@ class TrafficStateExecutor:
         for epoch in range(self.start_epoch, self.max_epoch):
             start = time.perf_counter()
             train_loss = self._train_epoch(train_loader, epoch)
-            val_loss = self._valid_epoch(eval_loader, epoch)
-            metrics = {"loss": val_loss, "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
+            valid = self._validate(eval_loader, epoch)
+            metrics = {**valid, "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
                        "epoch_time": time.perf_counter() - start}
             self.history.append({"epoch": epoch, **metrics})
             for hook in hooks:
@@ -240,7 +278,8 @@ class TrafficStateExecutor:
                 break
         if self.best_state is not None and self.config["load_best_epoch"]:
             self.model.load_state_dict(self.best_state["model_state_dict"])
-            self.logger.info("Loaded the best epoch %d (val_loss %.4f)", self.best_epoch, self.best_val_loss)
+            chosen = "" if self.best_metric.is_loss else f", {self.best_metric.name} {self.best_value:.4f}"
+            self.logger.info("Loaded the best epoch %d (val_loss %.4f%s)", self.best_epoch, self.best_val_loss, chosen)
         self._close_writer()
         return self.best_val_loss
 
@@ -272,9 +311,11 @@ class TrafficStateExecutor:
 
     # ----- epoch-end hooks -----
     def _track_best(self, epoch: int, metrics: dict[str, float]) -> None:
-        if metrics["loss"] < self.best_val_loss:
+        """The best epoch so far by best_metric (min, or max for R2 / EVAR); early stopping counts from it."""
+        value = metrics[self.best_metric.name]
+        if self.best_metric.better(value, self.best_value):
             self.wait = 0
-            self.best_val_loss, self.best_epoch = metrics["loss"], epoch
+            self.best_value, self.best_val_loss, self.best_epoch = value, metrics["loss"], epoch
             # A deep copy: state() shares the live weights and optimiser moments, which later epochs change.
             self.best_state = copy.deepcopy(self.state(epoch))
         else:
@@ -297,9 +338,10 @@ class TrafficStateExecutor:
             writer.add_scalar("training loss", metrics["train_loss"], epoch)
             writer.add_scalar("eval loss", metrics["loss"], epoch)
         if (epoch + 1) % self.config["log_every"] == 0 or epoch + 1 == self.max_epoch:
+            chosen = "" if self.best_metric.is_loss else f", val {self.best_metric.name}: {metrics[self.best_metric.name]:.4f}"
             self.logger.info(
-                "Epoch [%d/%d] train_loss: %.4f, val_loss: %.4f, lr: %.6f, %.2fs%s", epoch, self.max_epoch,
-                metrics["train_loss"], metrics["loss"], metrics["lr"], metrics["epoch_time"],
+                "Epoch [%d/%d] train_loss: %.4f, val_loss: %.4f%s, lr: %.6f, %.2fs%s", epoch, self.max_epoch,
+                metrics["train_loss"], metrics["loss"], chosen, metrics["lr"], metrics["epoch_time"],
                 "  (best)" if epoch == self.best_epoch else "",
             )
 
@@ -325,16 +367,27 @@ class TrafficStateExecutor:
 
     # ----- testing -----
     @torch.no_grad()
-    def evaluate(self, test_loader: Iterable) -> dict[str, float]:
-        """Test metrics per horizon; saves predictions (npz) and results (csv/json)."""
+    def _predict(self, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y_pred, y_true) over ``loader``, inverse-scaled, first output_dim features, on the CPU."""
         self.model.eval()
         preds, truths = [], []
-        for batch in test_loader:
+        for batch in loader:
             batch = self._to_device(batch)
             out = self.model.predict(batch)
             truths.append(self.scaler.inverse_transform(batch["y"][..., : self.output_dim]).cpu())
             preds.append(self.scaler.inverse_transform(out[..., : self.output_dim]).cpu())
-        y_pred, y_true = torch.cat(preds), torch.cat(truths)
+        return torch.cat(preds), torch.cat(truths)
+
+    def score(self, loader: Iterable) -> dict[str, float]:
+        """Metrics per horizon over ``loader`` (as evaluate()), writing no file."""
+        y_pred, y_true = self._predict(loader)
+        self.evaluator.clear()
+        self.evaluator.collect({"y_true": y_true, "y_pred": y_pred})
+        return self.evaluator.evaluate()
+
+    def evaluate(self, test_loader: Iterable) -> dict[str, float]:
+        """Test metrics per horizon; saves predictions (npz) and results (csv/json)."""
+        y_pred, y_true = self._predict(test_loader)
         folder = paths.evaluate_cache_dir(self.exp_id)
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y_%m_%d_%H_%M_%S")

@@ -25,7 +25,9 @@ from libtraffic.utils.jsonio import load_json, write_json
 SETTINGS_FILE = "hyper_tune_experiment.json"
 # Settings a resume must repeat (the search space is compared by content, not by file path).
 COMPARED = ("task", "model", "dataset", "space", "search_alg", "scheduler", "num_samples", "max_concurrent",
-            "cpu_per_trial", "gpu_per_trial", "seed", "time_budget_s", "fixed")
+            "cpu_per_trial", "gpu_per_trial", "seed", "time_budget_s", "metric", "fixed")
+# What a setting was before it was recorded (experiments started by an older version).
+_UNRECORDED = {"metric": "loss"}
 # Fixed config keys that change neither the trials nor their results.
 RESUME_MAY_CHANGE = frozenset({"log_level"})
 # Config keys recorded on their own (or not at all) rather than in "fixed".
@@ -47,7 +49,7 @@ def experiment_settings(config: ConfigParser, space_path: Path, space: Mapping[s
     """The record written at the start of a tuning run (see the module docstring).
 
     ``options``: search_alg, scheduler, num_samples, max_concurrent, cpu_per_trial, gpu_per_trial
-    (resolved), time_budget_s.
+    (resolved), time_budget_s, metric.
     """
     argv = list(sys.argv)
     settings = {
@@ -79,8 +81,8 @@ def resume_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> lis
             if stored.get("space") != new["space"]:
                 lines.append(f"search space: stored {json.dumps(stored.get('space'))} (from {stored.get('space_file')}), "
                              f"now {json.dumps(new['space'])} (from {new['space_file']})")
-        elif stored.get(key) != new[key]:
-            lines.append(f"--{key}: stored {json.dumps(stored.get(key))}, now {json.dumps(new[key])}")
+        elif stored.get(key, _UNRECORDED.get(key)) != new[key]:
+            lines.append(f"--{key}: stored {json.dumps(stored.get(key, _UNRECORDED.get(key)))}, now {json.dumps(new[key])}")
     return lines
 
 

@@ -54,14 +54,15 @@ def trial_config(base: ConfigParser, sampled: dict[str, Any], seed: int) -> Conf
 
 def train_trial(sampled: dict[str, Any], base_config: ConfigParser, shared: PreparedData | RawData,
                 settings: TrialSettings) -> None:
-    """Train one sampled configuration, reporting validation loss each epoch.
+    """Train one sampled configuration, reporting its validation loss (and best_metric, when that is an
+    evaluator metric) each epoch.
 
     ``shared`` comes through Ray's object store: the driver's prepared data, or (when the space
     tunes data settings) the raw arrays, cut and scaled here for this trial's settings. No file of
     the driver's machine is opened, so the trial runs on any node of a cluster.
 
-    A checkpoint (the executor's state dict) goes with every epoch that improves the validation
-    loss, so the one checkpoint Ray keeps is the trial's best epoch; resuming restarts after it.
+    A checkpoint (the executor's state dict) goes with every epoch that improves best_metric, so
+    the one checkpoint Ray keeps is the trial's best epoch; resuming restarts after it.
     """
     torch.set_num_threads(settings.threads)
     quiet_exit_in_callbacks()
@@ -80,7 +81,8 @@ def train_trial(sampled: dict[str, Any], base_config: ConfigParser, shared: Prep
             executor.load_state(torch.load(Path(folder) / CHECKPOINT_FILE, map_location=executor.device, weights_only=False))
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
-        row = {**metrics, "epoch": epoch, "best_loss": executor.best_val_loss, "best_epoch": executor.best_epoch,
+        row = {**metrics, "epoch": epoch, "best_loss": executor.best_val_loss, "best_value": executor.best_value,
+               "best_epoch": executor.best_epoch,
                "trial_seed": seed, "max_epoch": config["max_epoch"], "node": node}
         if epoch != executor.best_epoch:
             tune.report(row)

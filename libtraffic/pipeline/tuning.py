@@ -3,8 +3,9 @@
 The dataset is prepared once here in the driver (or, when the space tunes data settings, its raw
 arrays are read once) and handed to every trial through Ray's object store (tune.with_parameters),
 so trials open no file and run on any node of a cluster (ray_session.py). Each trial trains one
-sampled configuration (trial.py) and reports its validation loss as ``loss`` every epoch, so
-ASHA / MedianStoppingRule can stop it early.
+sampled configuration (trial.py) and reports its validation loss as ``loss`` (and the --metric
+that ranks trials, when it is an evaluator metric) every epoch, so ASHA / MedianStoppingRule can
+stop it early by that metric.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS, RAW_KEYS, read_raw
-from libtraffic.pipeline import dry_run, experiment
+from libtraffic.executor.best_metric import BestMetric, parse_best_metric
+from libtraffic.pipeline import dry_run, experiment, final_seeds
 from libtraffic.pipeline.pipeline import default_names, claim_new_experiment
 from libtraffic.pipeline.search_space import DEFAULT_SPACE, SearchSpace, load_search_space
 from libtraffic.pipeline.trial import TrialSettings, train_trial, trial_dirname
@@ -101,7 +103,7 @@ SCHEDULERS: dict[str, Callable[[int], Any]] = {"FIFO": _fifo, "ASHA": _asha, "Me
 
 # Keys a space file may not name: they choose what runs, or are set per trial.
 FIXED_KEYS = {"task", "model", "dataset", "exp_id", "seed", "dataset_class", "executor", "evaluator",
-              "hyper_tune", "train", "saved_model", "epoch", "gpu", "gpu_id"}
+              "hyper_tune", "train", "saved_model", "epoch", "gpu", "gpu_id", "best_metric"}
 
 
 @dataclass
@@ -118,6 +120,14 @@ class TuneOptions:
     time_budget_s: float | None = None
     ray_address: str | None = None
     storage_path: str | None = None
+    metric: str | None = None  # None: config key best_metric (default loss)
+    final_seeds: int = 0  # retrain the best configurations this many times with fresh seeds (0: no)
+    final_top: int = 1  # how many of the best configurations
+
+
+def ranking(config: ConfigParser) -> BestMetric:
+    """What ranks trials and picks each trial's best epoch: config key best_metric (set by --metric)."""
+    return parse_best_metric(config["best_metric"], config["output_window"], where="--metric")
 
 
 def _check_options(opts: TuneOptions) -> None:
@@ -145,6 +155,11 @@ def _check_options(opts: TuneOptions) -> None:
                 f"--gpu_per_trial {gpu:g} cannot be satisfied: this machine has {gpus} GPU(s), so every trial "
                 "would wait forever. Use --gpu_per_trial 0 to train on the CPU."
             )
+    if opts.final_seeds != 0 and opts.final_seeds < 2:
+        raise LibTrafficError(f"--final_seeds must be 0 (no retraining) or at least 2 (a spread needs two runs), "
+                              f"got {opts.final_seeds}.")
+    if opts.final_top < 1:
+        raise LibTrafficError(f"--final_top must be at least 1, got {opts.final_top}.")
     if opts.time_budget_s is not None and opts.time_budget_s <= 0:
         raise LibTrafficError(f"--time_budget_s must be positive, got {opts.time_budget_s}.")
 
@@ -195,17 +210,23 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
                     num_samples: int = 5, max_concurrent: int = 1, cpu_per_trial: int = 1,
                     gpu_per_trial: float | None = None, resume: bool = False, dry_run: bool = False,
                     time_budget_s: float | None = None, ray_address: str | None = None,
-                    storage_path: str | None = None) -> dict[str, Any] | None:
+                    storage_path: str | None = None, metric: str | None = None, final_seeds: int = 0,
+                    final_top: int = 1) -> dict[str, Any] | None:
     """Tune the model named by ``model_name`` over ``space_file``; returns the best trial's summary.
 
     ``ray_address`` (or RAY_ADDRESS): the Ray cluster to join, else a private local instance;
-    ``storage_path``: folder or URI (s3://...) holding the experiment, default libtraffic/cache/hyper_tune.
+    ``storage_path``: folder or URI (s3://...) holding the experiment, default libtraffic/cache/hyper_tune;
+    ``metric``: what ranks trials (loss, an evaluator metric such as masked_MAE, or masked_MAE@12);
+    ``final_seeds`` / ``final_top``: retrain the ``final_top`` best configurations ``final_seeds`` times (final_seeds.py).
     """
     opts = TuneOptions(space_file or DEFAULT_SPACE, scheduler or "FIFO", search_alg or "BasicSearch", num_samples,
                        max_concurrent, cpu_per_trial, gpu_per_trial, resume, dry_run, time_budget_s, ray_address,
-                       storage_path)
+                       storage_path, metric, final_seeds, final_top)
     config = ConfigParser(*default_names(task, model_name, dataset_name), config_file, other_args=other_args)
     config["hyper_tune"] = True
+    if opts.metric is not None:
+        config["best_metric"] = opts.metric
+    opts.metric = ranking(config).name  # an unknown metric stops here, --dry_run included
     _check_options(opts)
     space = load_search_space(opts.space_file, config, opts.search_alg)
     fixed = sorted(FIXED_KEYS & set(space.entries))
@@ -247,8 +268,8 @@ def _tune(config: ConfigParser, space: SearchSpace, opts: TuneOptions, storage: 
     start = time.perf_counter()
     # From here a Ctrl-C ends with how to resume (a second one during Ray's graceful stop too).
     with ray_session.CtrlC(exp_id) as ctrl_c:
-        results = _run_ray(config, space, opts, max_t, shared, storage, ctrl_c, logger)
-        return tune_report.finish(config, space, results, logger, shared, time.perf_counter() - start)
+        results, finals = _run_ray(config, space, opts, max_t, shared, storage, ctrl_c, logger)
+        return tune_report.finish(config, space, results, logger, shared, time.perf_counter() - start, finals)
 
 
 def _settings(config: ConfigParser, space: SearchSpace, opts: TuneOptions,
@@ -256,7 +277,8 @@ def _settings(config: ConfigParser, space: SearchSpace, opts: TuneOptions,
     """The experiment's record (hyper_tune_experiment.json), compared on --resume."""
     options = {"search_alg": opts.search_alg, "scheduler": opts.scheduler, "num_samples": opts.num_samples,
                "max_concurrent": opts.max_concurrent, "cpu_per_trial": opts.cpu_per_trial,
-               "gpu_per_trial": opts.gpu_per_trial, "time_budget_s": opts.time_budget_s}
+               "gpu_per_trial": opts.gpu_per_trial, "time_budget_s": opts.time_budget_s, "metric": opts.metric,
+               "final_seeds": opts.final_seeds, "final_top": opts.final_top}
     return experiment.experiment_settings(config, space.path, space.entries, options, set(other_args or {}))
 
 
@@ -339,13 +361,26 @@ def _run_ray(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t:
         tuner = _tuner(config, space, opts, max_t, trainable, storage, ctrl_c, logger)
         start = time.monotonic()
         results = tuner.fit()
+        budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
+        expected = opts.num_samples * (space.grid_size() if opts.search_alg == "BasicSearch" else 1)
+        if not budget_spent and ray_session.unfinished(results, expected):
+            raise KeyboardInterrupt(ctrl_c.hint)
+        finals = _final_runs(config, opts, results, shared, gpus, logger)
     finally:
         session.end()
-    budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
-    expected = opts.num_samples * (space.grid_size() if opts.search_alg == "BasicSearch" else 1)
-    if not budget_spent and ray_session.unfinished(results, expected):
-        raise KeyboardInterrupt(ctrl_c.hint)
-    return results
+    return results, finals
+
+
+def _final_runs(config: ConfigParser, opts: TuneOptions, results, shared, gpus: float,
+                logger: logging.Logger) -> list[dict[str, Any]]:
+    """--final_seeds: the best configurations retrained with fresh seeds on the same Ray session."""
+    if not opts.final_seeds:
+        return []
+    records = tune_report.collect_records(results, ranking(config))
+    runs = final_seeds.plan(records, opts.final_top, opts.final_seeds, config["seed"])
+    if not runs:
+        return []  # no trial finished: finish() reports that
+    return final_seeds.run_all(runs, config, shared, opts.cpu_per_trial, gpus, opts.max_concurrent, logger)
 
 
 def _tuner(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t: int, trainable, storage: str,
@@ -356,11 +391,12 @@ def _tuner(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t: i
         logger.info("Resuming experiment %s/%s", storage, config["exp_id"])
         return tune.Tuner.restore(f"{storage}/{config['exp_id']}", trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
+    best = ranking(config)
     return tune.Tuner(
         trainable,
         param_space=space.param_space,
         tune_config=tune.TuneConfig(
-            metric="loss", mode="min", search_alg=SEARCHERS[opts.search_alg](config["seed"], opts.max_concurrent),
+            metric=best.name, mode=best.mode, search_alg=SEARCHERS[opts.search_alg](config["seed"], opts.max_concurrent),
             scheduler=SCHEDULERS[opts.scheduler](max_t), num_samples=opts.num_samples,
             time_budget_s=opts.time_budget_s, trial_dirname_creator=trial_dirname,
             # One machine: a finished trial's worker trains the next (no start-up per trial). On a
@@ -370,10 +406,10 @@ def _tuner(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t: i
         ),
         run_config=tune.RunConfig(
             name=str(config["exp_id"]), storage_path=storage,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="loss",
-                                                    checkpoint_score_order="min"),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=best.name,
+                                                    checkpoint_score_order=best.mode),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            progress_reporter=tune_report.progress_reporter(space),
+            progress_reporter=tune_report.progress_reporter(space, best.name),
             callbacks=[ctrl_c.callback()],
             verbose=1,
         ),

@@ -14,6 +14,7 @@ mean ± std per horizon).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -71,11 +72,33 @@ class Experiment:
             return sorted(self.trials, key=lambda r: (r["started"], str(r["trial_id"])))
         return sorted(self.trials, key=lambda r: str(r["trial_id"]))
 
+    @property
+    def metric(self) -> str:
+        """What ranked the trials (hyper_tune.py --metric); 'loss' for results files written before it."""
+        return next((str(r["metric"]) for r in self.trials if r.get("metric")), "loss")
+
+    @property
+    def maximised(self) -> bool:
+        """Whether a higher metric is better (R2, EVAR)."""
+        return any(r.get("metric_mode") == "max" for r in self.trials)
+
+    @property
+    def metric_label(self) -> str:
+        return "validation loss" if self.metric == "loss" else f"validation {self.metric}"
+
+    def score(self, record: Mapping[str, Any]) -> Any:
+        """A trial's best value of the ranking metric (its best validation loss in older results files)."""
+        return record.get("best_value") if record.get("metric") else record.get("best_loss")
+
+    def curve(self, record: Mapping[str, Any]) -> list[float]:
+        """A trial's ranking metric per epoch (its validation loss in older results files)."""
+        return list(record.get("metric_curve") if record.get("metric") else record.get("loss_curve") or [])
+
     @cached_property
     def finished(self) -> list[dict[str, Any]]:
-        """Trials with a validation loss (DONE or STOPPED EARLY), best first."""
-        done = [r for r in self.trials if r.get("status") != "ERROR" and _finite(r.get("best_loss"))]
-        return sorted(done, key=lambda r: r["best_loss"])
+        """Trials with a value of the ranking metric (DONE or STOPPED EARLY), best first."""
+        done = [r for r in self.trials if r.get("status") != "ERROR" and _finite(self.score(r))]
+        return sorted(done, key=lambda r: -self.score(r) if self.maximised else self.score(r))
 
     @property
     def best(self) -> dict[str, Any] | None:

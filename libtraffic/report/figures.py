@@ -49,33 +49,36 @@ def _spread_log(ax, values: list[float], axis: str = "y") -> None:
 
 
 def history(exp: Experiment) -> Figure:
-    """Best validation loss of each trial in creation order, and the running best (cumulative min)."""
+    """Best value of the ranking metric (validation loss by default) of each trial in creation order, and
+    the running best (cumulative min, or max for R2 / EVAR)."""
     if len(exp.finished) < 2:
         raise Skip("Fewer than two trials reported a validation loss: there is no history to show.")
     order = exp.ordered
     x = np.arange(1, len(order) + 1)
     finished = {id(r) for r in exp.finished}
-    losses = np.array([r["best_loss"] if id(r) in finished else np.nan for r in order], dtype=float)
+    losses = np.array([exp.score(r) if id(r) in finished else np.nan for r in order], dtype=float)
     fig, ax = _figure()
     for status, style in STATUS_STYLE.items():
         chosen = [i for i, r in enumerate(order) if r.get("status") == status and np.isfinite(losses[i])]
         if chosen:
             ax.plot(x[chosen], losses[chosen], "o", color=style["color"], label=f"trial ({status.lower()})")
-    ax.plot(x, np.fmin.accumulate(losses), drawstyle="steps-post", color=BEST_COLOR, label="running best")
+    running = np.fmax if exp.maximised else np.fmin
+    ax.plot(x, running.accumulate(losses), drawstyle="steps-post", color=BEST_COLOR, label="running best")
     failed = [i for i, r in enumerate(order) if not np.isfinite(losses[i])]
     if failed:
         ax.plot(x[failed], [np.nanmin(losses)] * len(failed), "x", color="grey", label="failed (no loss)")
     _spread_log(ax, list(losses[np.isfinite(losses)]))
     ax.set(xlabel="trial, in the order it started" if exp.start_known else "trial, by trial id",
-           ylabel="best validation loss",
+           ylabel=f"best {exp.metric_label}",
            title="Optimisation history")
     ax.legend()
     return fig
 
 
 def curves(exp: Experiment) -> Figure:
-    """Validation loss per epoch of every trial; early-stopped trials are dashed and shorter."""
-    drawn = [r for r in exp.ordered if r.get("loss_curve")]
+    """The ranking metric (validation loss by default) per epoch of every trial; early-stopped trials are
+    dashed and shorter."""
+    drawn = [r for r in exp.ordered if exp.curve(r)]
     if not drawn:
         raise Skip("No trial reported an epoch.")
     best_id = exp.best["trial_id"] if exp.best else None
@@ -84,12 +87,12 @@ def curves(exp: Experiment) -> Figure:
         style = dict(STATUS_STYLE.get(r.get("status"), {"color": "grey", "linestyle": ":"}))
         if r["trial_id"] == best_id:
             style.update(color=BEST_COLOR, linewidth=2.5, zorder=3)
-        ax.plot(np.arange(1, len(r["loss_curve"]) + 1), r["loss_curve"], marker=".", alpha=0.8,
+        ax.plot(np.arange(1, len(exp.curve(r)) + 1), exp.curve(r), marker=".", alpha=0.8,
                 label=str(r["trial_id"]), **style)
     handles = [Line2D([], [], label=s.lower(), **style) for s, style in STATUS_STYLE.items()]
     handles.append(Line2D([], [], color=BEST_COLOR, linewidth=2.5, label=f"best ({best_id})"))
-    _spread_log(ax, [v for r in drawn for v in r["loss_curve"]])
-    ax.set(xlabel="epoch", ylabel="validation loss", title="Learning curves of every trial")
+    _spread_log(ax, [v for r in drawn for v in exp.curve(r)])
+    ax.set(xlabel="epoch", ylabel=exp.metric_label, title="Learning curves of every trial")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(handles=handles)
     return fig
@@ -117,7 +120,7 @@ def parameters(exp: Experiment) -> Figure:
     cols = min(3, len(params))
     rows = math.ceil(len(params) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-    losses = [r["best_loss"] for r in exp.finished]
+    losses = [exp.score(r) for r in exp.finished]
     for ax, param in zip(axes.flat, params):
         x, labels = _positions([r["config"].get(param) for r in exp.finished])
         colors = [STATUS_STYLE.get(r["status"], {}).get("color", "grey") for r in exp.finished]
@@ -130,7 +133,7 @@ def parameters(exp: Experiment) -> Figure:
         elif all(v.is_integer() for v in x):
             ax.xaxis.get_major_locator().set_params(integer=True)
         _spread_log(ax, losses)
-        ax.set(title=param + (" (log axis)" if exp.is_log(param) and labels is None else ""), ylabel="best val loss")
+        ax.set(title=param + (" (log axis)" if exp.is_log(param) and labels is None else ""), ylabel=f"best {exp.metric_label}")
     for ax in list(axes.flat)[len(params):]:
         ax.set_visible(False)
     fig.tight_layout()
@@ -155,12 +158,12 @@ def parallel(exp: Experiment) -> Figure:
         raise Skip("Parallel coordinates need at least two tuned parameters and two finished trials "
                    "(the per-parameter panel shows the rest).")
     trials = exp.finished[::-1]  # worst first, so the best lines are drawn on top
-    losses = np.array([r["best_loss"] for r in trials])
+    losses = np.array([exp.score(r) for r in trials])
     columns = [_scaled([r["config"].get(p) for r in trials], exp.is_log(p)) for p in params]
     columns.append(_scaled(list(losses), False))
-    names = [*params, "best val loss"]
+    names = [*params, f"best {exp.metric_label}"]
     norm = matplotlib.colors.Normalize(losses.min(), losses.max())
-    cmap = matplotlib.colormaps["viridis_r"]
+    cmap = matplotlib.colormaps["viridis" if exp.maximised else "viridis_r"]
     fig, ax = _figure(max(8, 1.6 * len(names)), 4.5)
     data = np.stack([col[0] for col in columns], axis=1)
     for r, row, loss in zip(trials, data, losses):
@@ -175,8 +178,8 @@ def parallel(exp: Experiment) -> Figure:
     ax.set_yticks([])
     for side in ("top", "bottom", "left", "right"):
         ax.spines[side].set_visible(False)
-    ax.set_title("Parallel coordinates (colour: best validation loss)", pad=24)
-    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="best validation loss")
+    ax.set_title(f"Parallel coordinates (colour: best {exp.metric_label})", pad=24)
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"best {exp.metric_label}")
     return fig
 
 
@@ -193,7 +196,7 @@ def importances(exp: Experiment) -> Figure:
     ax.barh(names, [scores[n] for n in names], color="tab:blue")
     for i, name in enumerate(names):
         ax.text(scores[name], i, f" {scores[name]:.2f}", va="center")
-    ax.set(xlabel="share of the variance of the best validation loss", xlim=(0, 1.1),
+    ax.set(xlabel=f"share of the variance of the best {exp.metric_label}", xlim=(0, 1.1),
            title="Parameter importance (fANOVA)")
     fig.tight_layout()
     return fig

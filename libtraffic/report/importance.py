@@ -78,11 +78,11 @@ def importance(exp: Experiment) -> dict[str, float]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = exp.params
     dists = {p: distribution(exp, p) for p in params}
-    study = optuna.create_study(direction="minimize")
+    study = optuna.create_study(direction="maximize" if exp.maximised else "minimize")
     for r in exp.finished:
         values = {p: r["config"][p] for p in params}
         values = {p: _category(v) if isinstance(dists[p], optuna.distributions.CategoricalDistribution) else v
                   for p, v in values.items()}
-        study.add_trial(optuna.trial.create_trial(params=values, distributions=dists, value=r["best_loss"]))
+        study.add_trial(optuna.trial.create_trial(params=values, distributions=dists, value=exp.score(r)))
     scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=SEED), params=params)
     return {p: float(s) for p, s in scores.items()}

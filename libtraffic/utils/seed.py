@@ -14,6 +14,9 @@ def set_random_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def derive_seed(base: int, index: int) -> int:
-    """A distinct, reproducible seed for item ``index`` of a run seeded with ``base``."""
-    return int(np.random.SeedSequence([base % 2**32, index]).generate_state(1)[0])
+def derive_seed(base: int, *index: int) -> int:
+    """A distinct, reproducible seed for item ``index`` (one or more numbers) of a run seeded with ``base``.
+
+    numpy's SeedSequence ignores trailing zeros ((base, 0, 0) gives the seed of (base, 0)): an index
+    meant to be its own stream must end in a non-zero number."""
+    return int(np.random.SeedSequence([base % 2**32, *index]).generate_state(1)[0])
