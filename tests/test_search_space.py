@@ -597,7 +597,7 @@ def test_bayesopt_explains_what_it_cannot_handle(config: ConfigParser, param: st
     space = {"weight_decay": {"type": "uniform", "lower": 0.0, "upper": 0.1}, param: entry}
     message = load_error(config, space, rf"--search_alg BayesOptSearch cannot handle '{param}' \({entry['type']}\): "
                          r"BayesOptSearch models only continuous uniform ranges",
-                         r"It accepts uniform\.", r"Use --search_alg BasicSearch or HyperOpt, or change those entries\.",
+                         r"It accepts uniform\.", r"Use --search_alg BasicSearch, HyperOpt or OptunaSearch, or change those entries\.",
                          search_alg="BayesOptSearch")
     assert "weight_decay" not in message  # only the offending entries are named
 
@@ -605,7 +605,8 @@ def test_bayesopt_explains_what_it_cannot_handle(config: ConfigParser, param: st
 def test_bayesopt_with_grid_search_does_not_suggest_hyperopt(config: ConfigParser) -> None:
     message = load_error(config, {"num_layers": {"type": "grid_search", "list": [1, 2]}},
                          r"--search_alg BayesOptSearch cannot handle 'num_layers' \(grid_search\)",
-                         r"Use --search_alg BasicSearch, or change those entries\.", search_alg="BayesOptSearch")
+                         r"Use --search_alg BasicSearch or OptunaSearch, or change those entries\.",
+                         search_alg="BayesOptSearch")
     assert "HyperOpt" not in message
 
 
@@ -619,7 +620,7 @@ def test_hyperopt_with_grid_search_is_explained(config: ConfigParser) -> None:
                         "num_layers": {"type": "grid_search", "list": [1, 2]}},
                r"--search_alg HyperOpt cannot handle 'num_layers' \(grid_search\): "
                r"HyperOpt samples adaptively and cannot enumerate a grid",
-               r"Use --search_alg BasicSearch, or change those entries\.", search_alg="HyperOpt")
+               r"Use --search_alg BasicSearch or OptunaSearch, or change those entries\.", search_alg="HyperOpt")
 
 
 def test_entry_errors_come_before_searcher_limits(config: ConfigParser) -> None:
@@ -667,27 +668,81 @@ def test_qrandint_without_any_multiple_of_q_is_refused(config: ConfigParser) -> 
                r"entry 'max_epoch' \(qrandint\)")
 
 
-@pytest.mark.parametrize(("entry", "suggestion"), [
-    ({"type": "grid_search", "list": [0.1, 0.2]}, r"Use --search_alg BasicSearch, or change those entries\."),
-    ({"type": "randn", "mean": 0.3, "sd": 0.1}, r"Use --search_alg BasicSearch or HyperOpt, or change those entries\."),
-])
-def test_optuna_explains_what_it_cannot_handle(config: ConfigParser, entry: dict, suggestion: str) -> None:
-    load_error(config, {"dropout": entry}, rf"--search_alg OptunaSearch cannot handle 'dropout' \({entry['type']}\): "
-               r"Optuna's TPE samples adaptively", suggestion, search_alg="OptunaSearch")
+EVERY_TYPE = {
+    "weight_decay": {"type": "uniform", "lower": 0.0, "upper": 0.1},
+    "learning_rate": {"type": "loguniform", "lower": 1e-4, "upper": 1e-2},
+    "lr_decay_ratio": {"type": "quniform", "lower": 0.1, "upper": 0.5, "q": 0.1},
+    "dropout": {"type": "randn", "mean": 0.3, "sd": 0.05},
+    "hidden_size": {"type": "randint", "lower": 4, "upper": 7},
+    "batch_size": {"type": "qrandint", "lower": 16, "upper": 64, "q": 16},
+    "patience": {"type": "lograndint", "lower": 2, "upper": 9},
+    "steps": {"type": "choice", "list": [[5, 20], [10, 30]]},
+    "num_layers": {"type": "grid_search", "list": [1, 2]},
+    "scaler": {"type": "grid_search", "list": ["standard", "minmax01"]},
+}
 
 
-def test_optuna_takes_every_other_space_type(config: ConfigParser) -> None:
-    from ray.tune.search.optuna import OptunaSearch
+def optuna_suggestions(space: SearchSpace, count: int, num_samples: int, searcher=None) -> tuple[list[dict], Any]:
+    """``count`` configurations from the real OptunaSearch (TPE), each told a loss that depends on it."""
+    from libtraffic.pipeline.optuna_space import optuna_searcher
 
-    space = load(config, {
-        "learning_rate": {"type": "loguniform", "lower": 1e-4, "upper": 1e-2},
-        "dropout": {"type": "quniform", "lower": 0.1, "upper": 0.5, "q": 0.1},
-        "weight_decay": {"type": "uniform", "lower": 0.0, "upper": 0.1},
-        "hidden_size": {"type": "lograndint", "lower": 8, "upper": 64},
-        "num_layers": {"type": "randint", "lower": 1, "upper": 3},
-        "batch_size": {"type": "qrandint", "lower": 16, "upper": 64, "q": 16},
-        "max_epoch": {"type": "choice", "list": [2, 3]},
-    }, "OptunaSearch")
-    converted = OptunaSearch.convert_search_space(space.param_space)  # Ray's own conversion accepts all of them
-    assert converted["learning_rate"].log and converted["hidden_size"].log
-    assert converted["batch_size"].step == 16 and converted["dropout"].step == pytest.approx(0.1)
+    searcher = searcher or optuna_searcher(space, "loss", "min", 3, num_samples)
+    configs = []
+    for i in range(count):
+        trial_id = f"t{len(searcher._ot_trials)}"
+        config = searcher.suggest(trial_id)
+        searcher.on_trial_complete(trial_id, {"loss": abs(config["learning_rate"] - 3e-3) + config["weight_decay"]})
+        configs.append(config)
+    return configs, searcher
+
+
+def test_optuna_draws_every_space_type_from_its_range(config: ConfigParser) -> None:
+    space = load(config, EVERY_TYPE, "OptunaSearch")
+    configs, _ = optuna_suggestions(space, 60, num_samples=15)
+    column = {key: [c[key] for c in configs] for key in EVERY_TYPE}
+    assert all(0.0 <= v < 0.1 for v in column["weight_decay"])
+    assert all(1e-4 <= v < 1e-2 for v in column["learning_rate"])
+    assert {round(v, 9) for v in column["lr_decay_ratio"]} <= {0.1, 0.2, 0.3, 0.4, 0.5}
+    assert all(isinstance(v, float) for v in column["dropout"]) and 0.1 < min(column["dropout"]) < max(column["dropout"]) < 0.5
+    assert set(column["hidden_size"]) <= {4, 5, 6} and all(type(v) is int for v in column["hidden_size"])
+    assert set(column["batch_size"]) == {16, 32, 48, 64}  # upper included, multiples of q
+    assert set(column["patience"]) <= set(range(2, 9)) and all(type(v) is int for v in column["patience"])
+    assert {tuple(v) for v in column["steps"]} == {(5, 20), (10, 30)}  # list values come back as lists
+    assert all(type(v) is list for v in column["steps"])
+    combos = [(c["num_layers"], c["scaler"]) for c in configs]
+    order = [(1, "standard"), (1, "minmax01"), (2, "standard"), (2, "minmax01")]
+    assert combos == order * 15  # every grid combination --num_samples times, in Ray's grid order
+    # TPE (after its 10 prior draws) moves towards the small weight decays that lower the loss
+    assert np.median(column["weight_decay"][30:]) < 0.5 * np.median(column["weight_decay"][:10])
+
+
+def test_optuna_randn_prior_is_the_normal_distribution(config: ConfigParser) -> None:
+    """TPE's first trials sample its prior: for randn that is exactly N(mean, sd) (Kolmogorov-Smirnov)."""
+    import optuna
+    from scipy import stats
+
+    from libtraffic.pipeline.optuna_space import OptunaSpace
+
+    space = OptunaSpace(load(config, {"dropout": {"type": "randn", "mean": 0.3, "sd": 0.05}}, "OptunaSearch"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = []
+    for _ in range(N_DRAWS):
+        trial = study.ask()
+        values.append(space(trial)["dropout"])
+        study.tell(trial, 0.0)
+    assert stats.kstest(values, stats.norm(0.3, 0.05).cdf).pvalue > 1e-3
+    assert stats.kstest(values, stats.norm(0.3, 0.06).cdf).pvalue < 1e-3  # the test can tell a wrong sd apart
+
+
+def test_optuna_search_state_restored_continues_the_grid(config: ConfigParser, tmp_path: Path) -> None:
+    """--resume restores the pickled searcher: the grid order and the study continue where they stopped."""
+    from libtraffic.pipeline.optuna_space import optuna_searcher
+
+    space = load(config, EVERY_TYPE, "OptunaSearch")
+    whole, _ = optuna_suggestions(space, 8, num_samples=2)
+    first, searcher = optuna_suggestions(space, 3, num_samples=2)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = optuna_searcher(space, "loss", "min", 99, 2)  # another seed: the restored sampler must win
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    rest, _ = optuna_suggestions(space, 5, num_samples=2, searcher=restored)
+    assert first + rest == whole

@@ -393,7 +393,7 @@ def test_unknown_space_parameter_through_hyper_parameter(tune_dir: Path) -> None
 
 def test_sample_space_with_bayesopt_is_explained(tune_dir: Path) -> None:
     tune_error(tune_dir, r"--search_alg BayesOptSearch cannot handle 'learning_rate' \(choice\)",
-               "Use --search_alg BasicSearch or HyperOpt", search_alg="BayesOptSearch")
+               "Use --search_alg BasicSearch, HyperOpt or OptunaSearch", search_alg="BayesOptSearch")
 
 
 def test_resume_without_exp_id(tune_dir: Path) -> None:

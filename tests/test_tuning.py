@@ -272,19 +272,21 @@ def test_optuna_two_at_once_then_the_report_renders_in_a_browser(workdir, ray_cl
     space = write_space(workdir, "optuna", {
         "learning_rate": {"type": "loguniform", "lower": 0.001, "upper": 0.03},
         "hidden_size": {"type": "lograndint", "lower": 4, "upper": 17},
-        "dropout": {"type": "quniform", "lower": 0.0, "upper": 0.4, "q": 0.1},
+        "dropout": {"type": "randn", "mean": 0.2, "sd": 0.05},
+        "num_layers": {"type": "grid_search", "list": [1, 2]},
         "max_epoch": {"type": "choice", "list": [2]},
     })
-    out = tune(workdir, ray_cluster, "optuna", space, "--search_alg", "OptunaSearch", "--num_samples", "3",
+    out = tune(workdir, ray_cluster, "optuna", space, "--search_alg", "OptunaSearch", "--num_samples", "2",
                "--max_concurrent", "2", "--seed", "5")
     rows = results(workdir, "optuna")
-    assert len(rows) == 3 and all(r["status"] == "DONE" for r in rows)
-    assert len({r["config"]["learning_rate"] for r in rows}) == 3
+    assert len(rows) == 4 and all(r["status"] == "DONE" for r in rows)  # 2 grid values x --num_samples 2
+    assert sorted(r["config"]["num_layers"] for r in rows) == [1, 1, 2, 2]
+    assert len({r["config"]["learning_rate"] for r in rows}) == len({r["config"]["dropout"] for r in rows}) == 4
     for r in rows:
         assert 0.001 <= r["config"]["learning_rate"] < 0.03 and 4 <= r["config"]["hidden_size"] <= 16
-        assert round(r["config"]["dropout"] * 10, 6).is_integer()
+        assert 0.0 < r["config"]["dropout"] < 0.4 and r["config"]["max_epoch"] == 2
     spans = sorted(_running_intervals(workdir / "libtraffic" / "cache" / "hyper_tune" / "optuna"))
-    assert len(spans) == 3 and spans[1][0] < spans[0][1]  # the first two trials ran at the same time
+    assert len(spans) == 4 and spans[1][0] < spans[0][1]  # the first two trials ran at the same time
     assert printed_best(out.stdout)[0] == min(rows, key=lambda r: r["best_loss"])["config"]
     folder = workdir / "libtraffic" / "cache" / "optuna"
     assert f"Tuning report: {folder / 'hyper_tune_report.html'}" in out.stdout  # written at the end of the run

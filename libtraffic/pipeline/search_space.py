@@ -64,9 +64,15 @@ SEARCHER_LIMITS: dict[str, tuple[set[str], str]] = {
     "BayesOptSearch": ({"uniform"}, "BayesOptSearch models only continuous uniform ranges (Ray would silently "
                        "drop log scales and quantization, and cannot use integers or lists)"),
     "HyperOpt": (set(SPACE_TYPES) - {"grid_search"}, "HyperOpt samples adaptively and cannot enumerate a grid"),
-    "OptunaSearch": (set(SPACE_TYPES) - {"grid_search", "randn"}, "Optuna's TPE samples adaptively, cannot enumerate "
-                     "a grid (a choice entry samples from a list) and has no normal distribution"),
 }
+# Searchers offered as alternatives in those messages, in this order (OptunaSearch takes every type: optuna_space.py).
+_ALTERNATIVES = ("BasicSearch", "HyperOpt", "OptunaSearch", "BayesOptSearch")
+
+
+def _alternatives(search_alg: str, kinds: set[str]) -> str:
+    """'BasicSearch, HyperOpt or OptunaSearch': the other searchers that take every type in ``kinds``."""
+    names = [n for n in _ALTERNATIVES if n != search_alg and kinds <= SEARCHER_LIMITS.get(n, (set(SPACE_TYPES), ""))[0]]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 @dataclass
@@ -245,9 +251,8 @@ def load_search_space(name: str, config: ConfigParser, search_alg: str) -> Searc
             listed = ", ".join(f"'{p}' ({t})" for p, t in bad.items())
             raise LibTrafficError(
                 f"{path}: --search_alg {search_alg} cannot handle {listed}: {reason}. "
-                f"It accepts {', '.join(sorted(allowed))}. Use --search_alg BasicSearch"
-                + (" or HyperOpt" if search_alg != "HyperOpt" and "grid_search" not in bad.values() else "")
-                + ", or change those entries."
+                f"It accepts {', '.join(sorted(allowed))}. Use --search_alg "
+                f"{_alternatives(search_alg, set(bad.values()))}, or change those entries."
             )
     param_space = {p: SPACE_TYPES[e["type"]].build(e) for p, e in entries.items()}
     return SearchSpace(path, entries, param_space)

@@ -26,6 +26,7 @@ from libtraffic.data.prepared import DATA_KEYS, RAW_KEYS, read_raw
 from libtraffic.executor.best_metric import BestMetric, parse_best_metric
 from libtraffic.pipeline import dry_run, experiment, final_seeds
 from libtraffic.pipeline.pipeline import default_names, claim_new_experiment
+from libtraffic.pipeline.optuna_space import optuna_searcher
 from libtraffic.pipeline.search_space import DEFAULT_SPACE, SearchSpace, load_search_space
 from libtraffic.pipeline.trial import TrialSettings, train_trial, trial_dirname
 from libtraffic.pipeline import ray_session, tune_report
@@ -42,36 +43,34 @@ def _limited(searcher, max_concurrent: int):
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
-def _basic(seed: int, max_concurrent: int):
+def _basic(opts: TuneOptions, space: SearchSpace, best: BestMetric, seed: int):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=opts.max_concurrent)
 
 
-def _hyperopt(seed: int, max_concurrent: int):
+def _hyperopt(opts: TuneOptions, space: SearchSpace, best: BestMetric, seed: int):
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    return _limited(HyperOptSearch(random_state_seed=seed), max_concurrent)
+    return _limited(HyperOptSearch(random_state_seed=seed), opts.max_concurrent)
 
 
-def _bayesopt(seed: int, max_concurrent: int):
+def _bayesopt(opts: TuneOptions, space: SearchSpace, best: BestMetric, seed: int):
     from ray.tune.search.bayesopt import BayesOptSearch
 
-    return _limited(BayesOptSearch(random_state=seed), max_concurrent)
+    return _limited(BayesOptSearch(random_state=seed), opts.max_concurrent)
 
 
-def _optuna(seed: int, max_concurrent: int):
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per run
-    return _limited(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed)), max_concurrent)
+def _optuna(opts: TuneOptions, space: SearchSpace, best: BestMetric, seed: int):
+    return _limited(optuna_searcher(space, best.name, best.mode, seed, opts.num_samples), opts.max_concurrent)
 
 
-# --search_alg name -> searcher factory(seed, max_concurrent); --scheduler name -> factory(max_t).
+# --search_alg name -> searcher factory(options, space, ranking, seed); --scheduler name -> factory(max_t).
 # The concurrency limit is part of every searcher (LibCity applied it to HyperOpt/BayesOpt only).
-SEARCHERS: dict[str, Callable[[int, int], Any]] = {"BasicSearch": _basic, "HyperOpt": _hyperopt, "BayesOptSearch": _bayesopt,
-                                                   "OptunaSearch": _optuna}
+SEARCHERS: dict[str, Callable[..., Any]] = {"BasicSearch": _basic, "HyperOpt": _hyperopt, "BayesOptSearch": _bayesopt,
+                                            "OptunaSearch": _optuna}
+# Searchers given the space themselves (the Tuner's param_space stays empty).
+OWN_SPACE = {"OptunaSearch"}
 
 
 def _fifo(max_t: int):
@@ -362,8 +361,7 @@ def _run_ray(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t:
         start = time.monotonic()
         results = tuner.fit()
         budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
-        expected = opts.num_samples * (space.grid_size() if opts.search_alg == "BasicSearch" else 1)
-        if not budget_spent and ray_session.unfinished(results, expected):
+        if not budget_spent and ray_session.unfinished(results, opts.num_samples * space.grid_size()):
             raise KeyboardInterrupt(ctrl_c.hint)
         finals = _final_runs(config, opts, results, shared, gpus, logger)
     finally:
@@ -392,12 +390,14 @@ def _tuner(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t: i
         return tune.Tuner.restore(f"{storage}/{config['exp_id']}", trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
     best = ranking(config)
+    own_space = opts.search_alg in OWN_SPACE  # grids are then enumerated by the searcher, one trial per sample each
     return tune.Tuner(
         trainable,
-        param_space=space.param_space,
+        param_space={} if own_space else space.param_space,
         tune_config=tune.TuneConfig(
-            metric=best.name, mode=best.mode, search_alg=SEARCHERS[opts.search_alg](config["seed"], opts.max_concurrent),
-            scheduler=SCHEDULERS[opts.scheduler](max_t), num_samples=opts.num_samples,
+            metric=best.name, mode=best.mode, search_alg=SEARCHERS[opts.search_alg](opts, space, best, config["seed"]),
+            scheduler=SCHEDULERS[opts.scheduler](max_t),
+            num_samples=opts.num_samples * space.grid_size() if own_space else opts.num_samples,
             time_budget_s=opts.time_budget_s, trial_dirname_creator=trial_dirname,
             # One machine: a finished trial's worker trains the next (no start-up per trial). On a
             # cluster a reused worker would take the trial a new node's worker is starting for,
