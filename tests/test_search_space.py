@@ -682,14 +682,16 @@ EVERY_TYPE = {
 }
 
 
-def optuna_suggestions(space: SearchSpace, count: int, num_samples: int, searcher=None) -> tuple[list[dict], Any]:
-    """``count`` configurations from the real OptunaSearch (TPE), each told a loss that depends on it."""
+def optuna_suggestions(space: SearchSpace, count: int, num_samples: int, searcher=None,
+                       first: int = 0) -> tuple[list[dict], Any]:
+    """``count`` configurations from the real OptunaSearch (TPE) for trials first, first + 1, ...,
+    each told a loss that depends on it."""
     from libtraffic.pipeline.optuna_space import optuna_searcher
 
     searcher = searcher or optuna_searcher(space, "loss", "min", 3, num_samples)
     configs = []
-    for i in range(count):
-        trial_id = f"t{len(searcher._ot_trials)}"
+    for i in range(first, first + count):
+        trial_id = f"t{i}"
         config = searcher.suggest(trial_id)
         searcher.on_trial_complete(trial_id, {"loss": abs(config["learning_rate"] - 3e-3) + config["weight_decay"]})
         configs.append(config)
@@ -744,5 +746,5 @@ def test_optuna_search_state_restored_continues_the_grid(config: ConfigParser, t
     searcher.save(str(tmp_path / "searcher.pkl"))
     restored = optuna_searcher(space, "loss", "min", 99, 2)  # another seed: the restored sampler must win
     restored.restore(str(tmp_path / "searcher.pkl"))
-    rest, _ = optuna_suggestions(space, 5, num_samples=2, searcher=restored)
+    rest, _ = optuna_suggestions(space, 5, num_samples=2, searcher=restored, first=3)
     assert first + rest == whole
