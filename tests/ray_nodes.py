@@ -62,8 +62,9 @@ def end_nodes(nodes: list[Node], grace: float = 10) -> None:
 
 
 def start_node(temp: Path, *, head_port: int | None = None, address: str | None = None, num_cpus: int = 1,
-               num_gpus: int = 0, env: dict | None = None, timeout: float = 180) -> Node:
-    """A head (``head_port``) or a worker joining ``address``; returns once it is up.
+               num_gpus: int = 0, env: dict | None = None, timeout: float = 180, prefix: list[str] | None = None) -> Node:
+    """A head (``head_port``) or a worker joining ``address``; returns once it is up. ``prefix``: a
+    command the node is started through (e.g. ``unshare`` for a node with its own view of the files).
 
     ``temp`` holds the node's log; Ray's own temp dir is a short one under /tmp, because Ray's
     socket paths inside it must stay under 107 bytes (a pytest tmp path can be too long).
@@ -81,7 +82,7 @@ def start_node(temp: Path, *, head_port: int | None = None, address: str | None 
         args += ["--address", address]
     log = temp / "node.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(args, env={**(env or os.environ), **RAY_ENV}, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([*(prefix or []), *args], env={**(env or os.environ), **RAY_ENV}, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=temp, start_new_session=True)
     node = Node(proc, log, ray_temp)
     wait_until(lambda: STARTED in log.read_text() or not node.alive(), timeout, f"Ray node in {temp}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -295,3 +296,37 @@ def _running(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _can_hide_folders() -> bool:
+    """Whether a process may get its own mount namespace here (root or CAP_SYS_ADMIN)."""
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode == 0
+
+
+def test_storage_folder_a_node_cannot_see_is_refused(workdir, cluster, tmp_path):
+    """A node whose processes see an empty tmpfs over the storage folder is a machine without that
+    NFS mount: the run stops before any trial, names the folder, and leaves no experiment."""
+    if not _can_hide_folders():
+        pytest.skip("needs `unshare -m` (root or CAP_SYS_ADMIN) to give a node its own view of the files")
+    address, _ = cluster
+    local_only = workdir / "local_only"
+    local_only.mkdir()
+    (local_only / "notes.txt").write_text("the user's file")
+    hide = ["unshare", "-m", "--propagation", "private", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"',
+            str(local_only)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    blind = start_node(tmp_path / "blind", address=address, num_cpus=1, env=env, prefix=hide)
+    try:
+        _, err = finish(start(workdir, address, "blind", "grid1", "--max_epoch", "1",
+                              "--storage_path", str(local_only)), 2)
+    finally:
+        blind.end()
+    # one node is blind (the cluster's worker node mounts the folder); Ray names nodes by the machine's address
+    assert re.search(rf"--storage_path {re.escape(str(local_only))} is a folder only this machine can see: "
+                     rf"node\(s\) [0-9.]+ of the Ray cluster at {re.escape(address)} cannot reach it", err), err
+    assert "Pass a folder every node mounts (NFS) or a URI such as s3://" in err and "Traceback" not in err
+    assert sorted(p.name for p in local_only.iterdir()) == ["notes.txt"]  # nothing written, nothing lost
+    assert (local_only / "notes.txt").read_text() == "the user's file"
+    assert not (workdir / "libtraffic" / "cache" / "blind").exists()  # the --exp_id stays free
