@@ -50,12 +50,13 @@ def test_final_runs_are_saved_after_each_run_and_read_back_exactly(tmp_path: Pat
     first = FinishedRuns(path, resume=False)
     first.write()
     test = {"masked_MAE@1": 0.1 + 0.2, "masked_MAPE@1": float("nan")}
-    first.save(FinalRun(0, "t0", CONFIG, 21), {"seed": 21, "test": test})
-    first.save(FinalRun(0, "t0", CONFIG, 22), {"seed": 22, "error": "ValueError: nan loss"})
-    assert [run["seed"] for run in json.loads(path.read_text())["runs"]] == [21, 22]
+    first.save(FinalRun(0, "t0", CONFIG, 21), {"seed": 21, "test": test}, 12.5)
+    first.save(FinalRun(0, "t0", CONFIG, 22), {"seed": 22, "error": "ValueError: nan loss"}, 0.25)
+    assert [(run["seed"], run["wall_s"]) for run in json.loads(path.read_text())["runs"]] == [(21, 12.5), (22, 0.25)]
     assert not list(path.parent.glob("*.tmp"))
     again = FinishedRuns(path, resume=True)
     reused = again.reusable(FinalRun(0, "t0", CONFIG, 21))
+    assert reused == {"seed": 21, "test": reused["test"]}  # what the results file holds for a run, no more
     assert reused["test"]["masked_MAE@1"] == 0.1 + 0.2  # the same float, bit for bit
     assert again.reusable(FinalRun(0, "t0", CONFIG, 22)) is None
 

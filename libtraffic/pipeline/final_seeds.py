@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def _key(trial_id: str, config: dict[str, Any], seed: int) -> str:
 
 
 class FinishedRuns:
-    """The final runs that returned ({"trial_id", "config", "seed", "test" or "error"}), saved atomically
+    """The final runs that returned ({"trial_id", "config", "seed", "test" or "error", "wall_s"}), saved atomically
     after each one. A resumed experiment starts from the file's runs that have test metrics (failed ones
     run again); a new one starts empty and never reads the file."""
 
@@ -113,9 +114,11 @@ class FinishedRuns:
         saved = self.runs.get(_key(run.trial_id, run.config, run.seed))
         return None if saved is None else {"seed": run.seed, "test": saved["test"]}
 
-    def save(self, run: FinalRun, outcome: dict[str, Any]) -> None:
+    def save(self, run: FinalRun, outcome: dict[str, Any], wall_s: float) -> None:
+        """``wall_s``: seconds from handing the run to an actor until it returned (the first run on an actor
+        includes the actor's start)."""
         self.runs[_key(run.trial_id, run.config, run.seed)] = {"trial_id": run.trial_id, "config": run.config,
-                                                               **outcome}
+                                                               **outcome, "wall_s": round(wall_s, 3)}
         self.write()
 
     def write(self) -> None:
@@ -173,13 +176,15 @@ def run_all(runs: list[FinalRun], base_config: ConfigParser, shared: PreparedDat
         configs = len({r.rank for r in runs})
         logger.info("Retraining %d configuration(s) %d time(s) each with fresh seeds: %d run(s), %d at once",
                     configs, len(runs) // configs, len(todo), max_concurrent)
+        start, count = time.perf_counter(), len(todo)
         data = ray.put(shared)
-        runners = _Runners(min(max_concurrent, len(todo)), cpus, gpus)
+        runners = _Runners(min(max_concurrent, count), cpus, gpus)
         try:
             _drain(runs, todo, runners, lambda runner, run: runner.run.remote(run.config, run.seed, base_config, data,
                                                                                cpus), done, finished, logger)
         finally:
             runners.end()
+        logger.info("Final runs: %d run(s) in %.1f s", count, time.perf_counter() - start)
     entries: dict[int, dict[str, Any]] = {}
     for i, run in enumerate(runs):
         entry = entries.setdefault(run.rank, {"trial_id": run.trial_id, "config": run.config, "runs": []})
@@ -195,14 +200,14 @@ def _drain(runs: list[FinalRun], todo: list[int], runners: _Runners, submit, don
 
     from libtraffic.pipeline.tune_report import error_text
 
-    pending: dict[Any, tuple[int, Any]] = {}
+    pending: dict[Any, tuple[int, Any, float]] = {}
     try:
         while todo or pending:
             while todo and runners.idle:
                 i, runner = todo.pop(0), runners.idle.pop()
-                pending[submit(runner, runs[i])] = (i, runner)
+                pending[submit(runner, runs[i])] = (i, runner, time.perf_counter())
             ready, _ = ray.wait(list(pending), num_returns=1)
-            i, runner = pending.pop(ready[0])
+            i, runner, submitted = pending.pop(ready[0])
             try:
                 done[i] = {"seed": runs[i].seed, "test": ray.get(ready[0])}
             except ray.exceptions.RayError as err:
@@ -211,7 +216,7 @@ def _drain(runs: list[FinalRun], todo: list[int], runners: _Runners, submit, don
                                done[i]["error"])
                 if isinstance(err, ray.exceptions.RayActorError):  # its process is gone
                     runner = runners.replace()
-            finished.save(runs[i], done[i])
+            finished.save(runs[i], done[i], time.perf_counter() - submitted)
             runners.idle.append(runner)
     except KeyboardInterrupt as err:
         ok = sum("test" in outcome for outcome in done.values())
