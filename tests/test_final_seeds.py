@@ -38,7 +38,8 @@ def test_final_runs_resume_reuses_only_matching_finished_runs(tmp_path: Path) ->
 
 
 def test_final_runs_file_of_a_new_experiment_is_never_read(tmp_path: Path) -> None:
-    path = saved(tmp_path / "hyper_tune_final_runs.json", {"trial_id": "t0", "config": CONFIG, "seed": 11, "test": TEST})
+    path = saved(tmp_path / "hyper_tune_final_runs.json",
+                 {"trial_id": "t0", "config": CONFIG, "seed": 11, "test": TEST})
     finished = FinishedRuns(path, resume=False)
     assert finished.reusable(FinalRun(0, "t0", CONFIG, 11)) is None
     finished.write()  # the start of the final runs: the stale content is gone

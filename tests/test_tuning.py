@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from libtraffic.data.synthetic import write_synthetic_dataset
+from libtraffic.pipeline.final_seeds import RUNS_FILE
 from tests.ray_nodes import RAY_ENV, free_port, start_node
 
 REPO = Path(__file__).resolve().parent.parent
@@ -445,7 +446,7 @@ def interrupt_during_final_runs(workdir: Path, ray_address: str, exp_id: str, sp
            "--exp_id", exp_id, "--batch_size", "32", *args]
     env = {**os.environ, **RAY_ENV, "RAY_ADDRESS": ray_address}
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    durable = workdir / "libtraffic" / "cache" / exp_id / "hyper_tune_final_runs.json"
+    durable = workdir / "libtraffic" / "cache" / exp_id / RUNS_FILE
     deadline, seen = time.time() + TIMEOUT, []
     while time.time() < deadline and proc.poll() is None and not seen:
         if durable.is_file():  # written atomically: always complete JSON
@@ -480,6 +481,6 @@ def test_final_runs_interrupted_then_resumed_reuse_the_finished_ones(workdir, ra
     for run in kept:  # the same seeds, the same test numbers, for the same trial and configuration
         assert run["trial_id"] == trial["trial_id"] and run["config"] == trial["config"]
         assert by_seed[run["seed"]] == run["test"]
-    durable = json.loads((workdir / "libtraffic" / "cache" / "finals_resume" / "hyper_tune_final_runs.json").read_text())
+    durable = json.loads((workdir / "libtraffic" / "cache" / "finals_resume" / RUNS_FILE).read_text())
     assert {run["seed"]: run["test"] for run in durable["runs"]} == by_seed
     assert "5 of 5 runs" in out.stdout.split("retrained with fresh seeds", 1)[1]
