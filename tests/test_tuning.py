@@ -22,12 +22,12 @@ import pytest
 import torch
 
 from libtraffic.data.synthetic import write_synthetic_dataset
-from libtraffic.pipeline.final_seeds import RUNS_FILE
 from tests.ray_nodes import RAY_ENV, free_port, start_node
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = "TUNE_TINY"
 TIMEOUT = 400
+RUNS_FILE = "hyper_tune_final_runs.json"  # the finished final runs, as the README names the file
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # renders the tuning report
 
 
