@@ -114,6 +114,8 @@ CASES: dict[str, tuple[list[str], Callable[[Path], None] | None]] = {
     "dry_run_bad_dyna": (["--space_file", "sample_space_file", "--dry_run"], _setup_header_only_dyna),
     "unwritable_workdir": (["--space_file", "sample_space_file"], _setup_file_named_libtraffic),
     "unknown_metric": (["--space_file", "sample_space_file", "--metric", "masked_MEA", "--dry_run"], None),
+    "dry_run_final_seeds": (["--space_file", "sample_space_file", "--dry_run", "--num_samples", "4", "--final_seeds",
+                             "3", "--final_top", "2", "--exp_id", "finals"], None),
 }
 # test name -> the cases it reads (only the cases of selected tests are run)
 USED_BY: dict[str, tuple[str, ...]] = {
@@ -129,6 +131,7 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "test_cli_dry_run_reads_the_dataset": ("dry_run_bad_dyna",),
     "test_cli_unwritable_working_directory": ("unwritable_workdir",),
     "test_cli_unknown_metric": ("unknown_metric",),
+    "test_cli_dry_run_counts_the_final_runs": ("dry_run_final_seeds",),
 }
 
 
@@ -242,6 +245,15 @@ def test_cli_dry_run_is_reproducible_per_seed(cli) -> None:
     assert len(sampled_lines(first)) == 4
     assert sampled_lines(first) == sampled_lines(again)
     assert sampled_lines(first) != sampled_lines(other)
+
+
+def test_cli_dry_run_counts_the_final_runs(cli) -> None:
+    result = cli("dry_run_final_seeds")
+    assert result.returncode == 0, result.stderr
+    assert ("4 trial(s) would run, then --final_seeds 3 x --final_top 2 = 6 final run(s) (the best configurations "
+            "retrained with fresh seeds, scored on the test split). Sampled configurations:") in result.stdout
+    assert len(sampled_lines(result)) == 4 and "no problem found" in result.stdout
+    assert not (result.workdir / "libtraffic" / "cache" / "finals").exists()  # nothing written, no final-runs file
 
 
 def test_cli_exp_id_of_a_run_model_experiment(cli) -> None:

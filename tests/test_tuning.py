@@ -27,6 +27,7 @@ from tests.ray_nodes import RAY_ENV, free_port, start_node
 REPO = Path(__file__).resolve().parent.parent
 DATASET = "TUNE_TINY"
 TIMEOUT = 400
+RUNS_FILE = "hyper_tune_final_runs.json"  # the finished final runs, as the README names the file
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # renders the tuning report
 
 
@@ -437,3 +438,51 @@ def test_final_seeds_retrain_the_best_configuration(workdir, ray_cluster):
     assert len(pd.read_csv(workdir / "libtraffic" / "cache" / "finals" / "hyper_tune_results.csv")) == 2
     page = (workdir / "libtraffic" / "cache" / "finals" / "hyper_tune_report.html").read_text()
     assert "<h2>Best configurations retrained with fresh seeds</h2>" in page and shown in page
+
+
+def interrupt_during_final_runs(workdir: Path, ray_address: str, exp_id: str, space: str, planned: int,
+                                *args: str) -> list[dict]:
+    """Start hyper_tune.py, Ctrl-C it once its durable final-runs file holds at least one finished run but
+    not all ``planned``; returns the runs the file kept."""
+    cmd = [sys.executable, str(REPO / "hyper_tune.py"), "--dataset", DATASET, "--space_file", space,
+           "--exp_id", exp_id, "--batch_size", "32", *args]
+    env = {**os.environ, **RAY_ENV, "RAY_ADDRESS": ray_address}
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    durable = workdir / "libtraffic" / "cache" / exp_id / RUNS_FILE
+    deadline, seen = time.time() + TIMEOUT, []
+    while time.time() < deadline and proc.poll() is None and not seen:
+        if durable.is_file():  # written atomically: always complete JSON
+            seen = json.loads(durable.read_text())["runs"]
+        time.sleep(0.05)
+    assert seen and len(seen) < planned, (len(seen), proc.poll())
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert f"--resume --exp_id {exp_id}" in stderr and "final run(s) that finished are kept too" in stderr, stderr
+    assert "Traceback" not in stderr and "Ctrl-C again" not in stderr  # one Ctrl-C stops the final runs at once
+    assert not (workdir / "libtraffic" / "cache" / exp_id / "hyper_tune_results.json").exists()
+    kept = json.loads(durable.read_text())["runs"]
+    assert len(seen) <= len(kept) < planned and all("test" in run for run in kept)
+    return kept
+
+
+def test_final_runs_interrupted_then_resumed_reuse_the_finished_ones(workdir, ray_cluster):
+    space = write_space(workdir, "finals_resume", {"learning_rate": {"type": "choice", "list": [0.01]}})
+    args = ("--num_samples", "1", "--max_epoch", "3", "--hidden_size", "8", "--max_concurrent", "1",
+            "--final_seeds", "5")  # one at a time: after the first run returns, four more take a few seconds
+    kept = interrupt_during_final_runs(workdir, ray_cluster, "finals_resume", space, 5, *args)
+
+    out = tune(workdir, ray_cluster, "finals_resume", space, *args, "--resume")
+    assert f"Reusing {len(kept)} of 5 final run(s) finished before the interruption" in out.stdout
+    assert f"5 time(s) each with fresh seeds: {5 - len(kept)} run(s)" in out.stdout  # only the others ran
+    saved = results(workdir, "finals_resume")
+    trial = saved["trials"][0]
+    runs = saved["final_seeds"][0]["runs"]
+    assert len(runs) == 5 and all("test" in run for run in runs) and len({run["seed"] for run in runs}) == 5
+    by_seed = {run["seed"]: run["test"] for run in runs}
+    for run in kept:  # the same seeds, the same test numbers, for the same trial and configuration
+        assert run["trial_id"] == trial["trial_id"] and run["config"] == trial["config"]
+        assert by_seed[run["seed"]] == run["test"]
+    durable = json.loads((workdir / "libtraffic" / "cache" / "finals_resume" / RUNS_FILE).read_text())
+    assert {run["seed"]: run["test"] for run in durable["runs"]} == by_seed
+    assert "5 of 5 runs" in out.stdout.split("retrained with fresh seeds", 1)[1]

@@ -178,9 +178,11 @@ def _dry_run(config: ConfigParser, space: SearchSpace, opts: TuneOptions, storag
     """Print a few sampled configurations, then build every corner of the space (dry_run.py) and
     check the experiment id; all problems are reported together. Nothing is written."""
     rng = np.random.default_rng(config["seed"])
-    count = min(opts.num_samples * space.grid_size(), 5)
+    trials = opts.num_samples * space.grid_size()
+    count = min(trials, 5)
+    finals = f", {final_seeds.describe(opts.final_seeds, opts.final_top, trials)}" if opts.final_seeds else ""
     print(f"Dry run: space file {space.path} is valid for --search_alg {opts.search_alg}; "
-          f"{opts.num_samples * space.grid_size()} trial(s) would run. Sampled configurations:")
+          f"{trials} trial(s) would run{finals}. Sampled configurations:")
     for i, sampled in enumerate(space.sample(rng, count)):
         trial = config.with_overrides(sampled)
         shown = {k: trial[k] for k in ("model", "dataset", "hidden_size", "num_layers", "dropout", "learning_rate",
@@ -378,7 +380,12 @@ def _final_runs(config: ConfigParser, opts: TuneOptions, results, shared, gpus: 
     runs = final_seeds.plan(records, opts.final_top, opts.final_seeds, config["seed"])
     if not runs:
         return []  # no trial finished: finish() reports that
-    return final_seeds.run_all(runs, config, shared, opts.cpu_per_trial, gpus, opts.max_concurrent, logger)
+    # Only a resume reads the runs an interrupted run finished; a new experiment's file starts empty.
+    finished = final_seeds.FinishedRuns(final_seeds.runs_file(config["exp_id"]), resume=opts.resume)
+    # Ray Tune's Ctrl-C handling ends with fit(): from here one Ctrl-C stops at once.
+    with ray_session.CtrlC(config["exp_id"]):
+        return final_seeds.run_all(runs, config, shared, opts.cpu_per_trial, gpus, opts.max_concurrent, logger,
+                                   finished)
 
 
 def _tuner(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t: int, trainable, storage: str,
