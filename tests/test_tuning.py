@@ -197,6 +197,19 @@ def test_interrupted_run_resumes_without_repeating_trials(workdir, ray_cluster):
     })
     first = interrupt_after_second_trial_reports(workdir, ray_cluster, "resume", space, 8, "--num_samples", "1")
     first_progress = (first / "progress.csv").read_text()
+    # what the interrupted run leaves: the trials so far, drawn by the report
+    snapshot = json.loads((workdir / "libtraffic" / "cache" / "resume" / "hyper_tune_results.json").read_text())
+    assert snapshot["interrupted"] is True and 2 <= len(snapshot["trials"]) <= 4
+    for r in snapshot["trials"]:  # the second trial may have ended before Ray stopped it
+        assert (r["status"], r["epochs_run"] == 8, r["epochs_run"] == 0) in {
+            ("DONE", True, False), ("INTERRUPTED", False, False), ("NOT STARTED", False, True)}, r
+    assert sum(r["status"] == "DONE" for r in snapshot["trials"]) >= 1
+    report = subprocess.run([sys.executable, "-m", "libtraffic.report", "--exp_id", "resume"], cwd=workdir,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (workdir / "libtraffic" / "cache" / "resume" / "hyper_tune_report.html").read_text()
+    assert "The run was interrupted:" in page and "--resume --exp_id resume continues it" in page
 
     out = tune(workdir, ray_cluster, "resume", space, "--num_samples", "1", "--resume")
     rows = results(workdir, "resume")
@@ -298,6 +311,8 @@ def test_optuna_two_at_once_then_the_report_renders_in_a_browser(workdir, ray_cl
     assert report.returncode == 0, report.stderr[-3000:]
     html = folder / "hyper_tune_report.html"
     assert report.stdout.strip() == f"Tuning report: {html}"
+    # Optuna's trial ids are random: the history follows the start times the records carry
+    assert all(isinstance(r["started"], float) for r in rows) and "have no start time" not in html.read_text()
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
     dom = _chromium(html, tmp_path, "--dump-dom").stdout
@@ -460,9 +475,14 @@ def interrupt_during_final_runs(workdir: Path, ray_address: str, exp_id: str, sp
     assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
     assert f"--resume --exp_id {exp_id}" in stderr and "final run(s) that finished are kept too" in stderr, stderr
     assert "Traceback" not in stderr and "Ctrl-C again" not in stderr  # one Ctrl-C stops the final runs at once
-    assert not (workdir / "libtraffic" / "cache" / exp_id / "hyper_tune_results.json").exists()
     kept = json.loads(durable.read_text())["runs"]
     assert len(seen) <= len(kept) < planned and all("test" in run for run in kept)
+    # the results file holds the (finished) trials and the final runs that finished, for the report
+    snapshot = json.loads((workdir / "libtraffic" / "cache" / exp_id / "hyper_tune_results.json").read_text())
+    assert all(trial["status"] == "DONE" for trial in snapshot["trials"])
+    assert sorted(run["seed"] for entry in snapshot["final_seeds"] for run in entry["runs"]) == \
+        sorted(run["seed"] for run in kept)
+    assert f"The trials so far: {workdir / 'libtraffic' / 'cache' / exp_id / 'hyper_tune_results.json'}" in stdout
     return kept
 
 

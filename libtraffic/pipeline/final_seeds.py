@@ -159,6 +159,14 @@ class _Runners:
             ray.kill(runner)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during the final runs; ``entries``: those that had finished (as run_all returns them)."""
+
+    def __init__(self, message: str, finished_entries: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.entries = finished_entries
+
+
 def run_all(runs: list[FinalRun], base_config: ConfigParser, shared: PreparedData | RawData, cpus: int,
             gpus: float, max_concurrent: int, logger: logging.Logger, finished: FinishedRuns) -> list[dict[str, Any]]:
     """Run every planned run not in ``finished`` on the connected Ray session, saving each in ``finished``;
@@ -185,11 +193,18 @@ def run_all(runs: list[FinalRun], base_config: ConfigParser, shared: PreparedDat
         finally:
             runners.end()
         logger.info("Final runs: %d run(s) in %.1f s", count, time.perf_counter() - start)
-    entries: dict[int, dict[str, Any]] = {}
+    return entries(runs, done)
+
+
+def entries(runs: list[FinalRun], done: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results file's final_seeds entries of the runs in ``done`` (plan index -> {"seed", "test" or
+    "error"}): one per configuration that has any, best first, runs in plan order."""
+    grouped: dict[int, dict[str, Any]] = {}
     for i, run in enumerate(runs):
-        entry = entries.setdefault(run.rank, {"trial_id": run.trial_id, "config": run.config, "runs": []})
-        entry["runs"].append(done[i])
-    return [entries[rank] for rank in sorted(entries)]
+        if i in done:
+            entry = grouped.setdefault(run.rank, {"trial_id": run.trial_id, "config": run.config, "runs": []})
+            entry["runs"].append(done[i])
+    return [grouped[rank] for rank in sorted(grouped)]
 
 
 def _drain(runs: list[FinalRun], todo: list[int], runners: _Runners, submit, done: dict[int, dict[str, Any]],
@@ -220,8 +235,8 @@ def _drain(runs: list[FinalRun], todo: list[int], runners: _Runners, submit, don
             runners.idle.append(runner)
     except KeyboardInterrupt as err:
         ok = sum("test" in outcome for outcome in done.values())
-        raise KeyboardInterrupt(f"{err or 'Interrupted.'} The {ok} of {len(runs)} final run(s) that finished are kept "
-                                f"too ({finished.path}); a resume runs only the others.") from None
+        raise Interrupted(f"{err or 'Interrupted.'} The {ok} of {len(runs)} final run(s) that finished are kept "
+                          f"too ({finished.path}); a resume runs only the others.", entries(runs, done)) from None
 
 
 def summary(entries: list[dict[str, Any]]) -> str:

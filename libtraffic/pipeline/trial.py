@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def train_trial(sampled: dict[str, Any], base_config: ConfigParser, shared: Prep
     A checkpoint (the executor's state dict) goes with every epoch that improves best_metric, so
     the one checkpoint Ray keeps is the trial's best epoch; resuming restarts after it.
     """
+    started = time.time()  # the report orders the optimisation history by it (a resumed trial keeps its first)
     torch.set_num_threads(settings.threads)
     quiet_exit_in_callbacks()
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint otherwise
@@ -83,7 +85,7 @@ def train_trial(sampled: dict[str, Any], base_config: ConfigParser, shared: Prep
     def report(epoch: int, metrics: dict[str, float]) -> None:
         row = {**metrics, "epoch": epoch, "best_loss": executor.best_val_loss, "best_value": executor.best_value,
                "best_epoch": executor.best_epoch,
-               "trial_seed": seed, "max_epoch": config["max_epoch"], "node": node}
+               "trial_seed": seed, "max_epoch": config["max_epoch"], "node": node, "started": started}
         if epoch != executor.best_epoch:
             tune.report(row)
             return

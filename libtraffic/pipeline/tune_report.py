@@ -46,6 +46,7 @@ class TrialRecord:
     wall_time_s: float = 0.0
     error: str = ""
     node: str = ""  # Ray node ID the trial last ran on (`ray list nodes`)
+    started: float | None = None  # when the trial first started (unix seconds); None: it never ran
 
 
 def progress_reporter(space: SearchSpace, metric: str = LOSS):
@@ -76,9 +77,33 @@ def _ranked(records: list[TrialRecord], metric: BestMetric) -> list[TrialRecord]
     return sorted(records, key=lambda r: (math.isnan(r.best_value), sign * r.best_value if not math.isnan(r.best_value) else 0.0))
 
 
+#: Ray's states of a trial that has not ended: in an interrupted (or time-budgeted) run.
+_NOT_ENDED = ("PENDING", "RUNNING", "PAUSED")
+
+
+def _ray_states(results) -> dict[str, str]:
+    """Ray's state of each trial (TERMINATED, ERROR, PENDING, RUNNING, PAUSED) by trial folder, read back
+    from the experiment's saved state (Ray's Result objects do not carry it)."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem)
+    return {trial.path: trial.status for trial in analysis.trials}
+
+
+def _status(result, epochs: int, max_epoch: int, state: str) -> str:
+    """DONE, STOPPED EARLY (by the scheduler or early stopping), ERROR; for a trial that had not ended when
+    the run stopped: INTERRUPTED (it has epochs) or NOT STARTED."""
+    if result.error:
+        return "ERROR"
+    if state in _NOT_ENDED:
+        return "INTERRUPTED" if epochs else "NOT STARTED"
+    return "DONE" if epochs >= max_epoch else "STOPPED EARLY"
+
+
 def collect_records(results, metric: BestMetric = BY_LOSS) -> list[TrialRecord]:
     """One record per trial, ranked by ``metric``; each trial's best epoch is its best by ``metric``."""
     records = []
+    states = _ray_states(results)
     for result in results:
         df = result.metrics_dataframe
         has_rows = df is not None and len(df) and "loss" in df and metric.name in df
@@ -90,7 +115,7 @@ def collect_records(results, metric: BestMetric = BY_LOSS) -> list[TrialRecord]:
         pick = max if metric.mode == "max" else min
         best_i = pick(range(len(values)), key=values.__getitem__) if values else None
         max_epoch = int(df["max_epoch"].iloc[-1]) if has_rows else 0
-        status = "ERROR" if result.error else ("DONE" if len(losses) >= max_epoch else "STOPPED EARLY")
+        status = _status(result, len(losses), max_epoch, states.get(result.path, "TERMINATED"))
         records.append(TrialRecord(
             trial_id=trial_id, config={k: _plain(v) for k, v in result.config.items()}, status=status,
             seed=int(df["trial_seed"].iloc[0]) if has_rows else None, epochs_run=len(losses),
@@ -100,6 +125,7 @@ def collect_records(results, metric: BestMetric = BY_LOSS) -> list[TrialRecord]:
             epoch_seconds=[float(x) for x in df["epoch_time"]] if has_rows else [],
             wall_time_s=float(df["time_total_s"].iloc[-1]) if has_rows else 0.0, error=error_text(result.error),
             node=str(df["node"].iloc[-1]) if has_rows and "node" in df else "",
+            started=float(df["started"].min()) if has_rows and "started" in df else None,
         ))
     return _ranked(records, metric)
 
@@ -113,13 +139,17 @@ def format_trials(records: list[TrialRecord], params: list[str]) -> str:
     return pd.DataFrame(rows).to_string(index=False)
 
 
-def write_results(records: list[TrialRecord], folder: Path, finals: list[dict[str, Any]] | None = None) -> list[Path]:
-    """The results json (a list of trial records; with --final_seeds {"trials": [...], "final_seeds": [...]})
-    and csv (one row per trial)."""
+def write_results(records: list[TrialRecord], folder: Path, finals: list[dict[str, Any]] | None = None,
+                  interrupted: bool = False) -> list[Path]:
+    """The results json (a list of trial records; with --final_seeds {"trials": [...], "final_seeds": [...]};
+    an interrupted run's {"trials": [...], "final_seeds": [...], "interrupted": true}) and csv (one row per trial)."""
     folder.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = folder / "hyper_tune_results.json", folder / "hyper_tune_results.csv"
     trials = [asdict(r) for r in records]
-    write_json(json_path, {"trials": trials, "final_seeds": finals} if finals else trials)
+    if interrupted:
+        write_json(json_path, {"trials": trials, "final_seeds": finals or [], "interrupted": True})
+    else:
+        write_json(json_path, {"trials": trials, "final_seeds": finals} if finals else trials)
     curves = ("loss_curve", "metric_curve", "epoch_seconds")
     rows = [{**{k: v for k, v in asdict(r).items() if k != "config" and k not in curves},
              **{f"config.{k}": v for k, v in r.config.items()}, **{k: json.dumps(getattr(r, k)) for k in curves}}
@@ -147,6 +177,14 @@ def best_config_file(config: ConfigParser, best: TrialRecord) -> dict[str, Any]:
             if (source == "command line" or source.startswith("config file"))
             and k not in ("task", "model", "dataset", "exp_id", "dataset_class", "executor", "evaluator")}
     return {**user, **best.config, "seed": best.seed, **({} if best.metric == LOSS else {"best_metric": best.metric})}
+
+
+def save_interrupted(config: ConfigParser, records: list[TrialRecord], finals: list[dict[str, Any]] | None = None) -> None:
+    """The results files of an interrupted run (the trials so far, and the final runs that finished), so that
+    python -m libtraffic.report can draw them; a --resume rewrites them at its end."""
+    written = write_results(records, paths.experiment_dir(config["exp_id"]), finals, interrupted=True)
+    print(f"\nThe trials so far: {written[1]} (draw them with: python -m libtraffic.report --exp_id {config['exp_id']})",
+          flush=True)
 
 
 def write_report_safely(exp_id: str | int, logger: logging.Logger) -> None:

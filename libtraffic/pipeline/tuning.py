@@ -364,6 +364,7 @@ def _run_ray(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t:
         results = tuner.fit()
         budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
         if not budget_spent and ray_session.unfinished(results, opts.num_samples * space.grid_size()):
+            tune_report.save_interrupted(config, tune_report.collect_records(results, ranking(config)))
             raise KeyboardInterrupt(ctrl_c.hint)
         finals = _final_runs(config, opts, results, shared, gpus, logger)
     finally:
@@ -384,8 +385,12 @@ def _final_runs(config: ConfigParser, opts: TuneOptions, results, shared, gpus: 
     finished = final_seeds.FinishedRuns(final_seeds.runs_file(config["exp_id"]), resume=opts.resume)
     # Ray Tune's Ctrl-C handling ends with fit(): from here one Ctrl-C stops at once.
     with ray_session.CtrlC(config["exp_id"]):
-        return final_seeds.run_all(runs, config, shared, opts.cpu_per_trial, gpus, opts.max_concurrent, logger,
-                                   finished)
+        try:
+            return final_seeds.run_all(runs, config, shared, opts.cpu_per_trial, gpus, opts.max_concurrent, logger,
+                                       finished)
+        except final_seeds.Interrupted as stop:
+            tune_report.save_interrupted(config, records, stop.entries)
+            raise
 
 
 def _tuner(config: ConfigParser, space: SearchSpace, opts: TuneOptions, max_t: int, trainable, storage: str,

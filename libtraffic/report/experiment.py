@@ -5,7 +5,8 @@ Every file is optional (an interrupted experiment has only some of them); what i
 collected in ``notes`` so the report can say so instead of failing.
 
 ``hyper_tune_results.json`` is either the list of trial records written by tuning, or an object
-``{"trials": [...], "final_seeds": [...]}`` where each final-seeds entry is
+``{"trials": [...], "final_seeds": [...]}`` (an interrupted run's also has ``"interrupted": true``; its
+trials' statuses include INTERRUPTED and NOT STARTED) where each final-seeds entry is
 ``{"trial_id": str, "config": {...}, "runs": [{"seed": int, "test": {"MAE@1": float, ...}}, ...]}``
 (the best configurations retrained with fresh seeds; the report shows their test metrics as
 mean ± std per horizon).
@@ -61,15 +62,17 @@ class Experiment:
 
     @property
     def start_known(self) -> bool:
-        """Whether every record has its start time (unix seconds, key ``started``)."""
-        return bool(self.trials) and all(_finite(r.get("started")) for r in self.trials)
+        """Whether every trial that ran has its start time (unix seconds, key ``started``)."""
+        ran = [r for r in self.trials if r.get("status") != "NOT STARTED"]
+        return bool(ran) and all(_finite(r.get("started")) for r in ran)
 
     @cached_property
     def ordered(self) -> list[dict[str, Any]]:
-        """Trials by start time when the records have it, else by trial id (creation order for BasicSearch,
-        whose ids end in a running number; the other searchers' ids are random)."""
+        """Trials by start time when the records have it (trials that never ran last), else by trial id
+        (creation order for BasicSearch, whose ids end in a running number; the other searchers' ids are random)."""
         if self.start_known:
-            return sorted(self.trials, key=lambda r: (r["started"], str(r["trial_id"])))
+            return sorted(self.trials, key=lambda r: (not _finite(r.get("started")), r.get("started") or 0.0,
+                                                      str(r["trial_id"])))
         return sorted(self.trials, key=lambda r: str(r["trial_id"]))
 
     @property
@@ -96,7 +99,7 @@ class Experiment:
 
     @cached_property
     def finished(self) -> list[dict[str, Any]]:
-        """Trials with a value of the ranking metric (DONE or STOPPED EARLY), best first."""
+        """Trials with a value of the ranking metric (DONE, STOPPED EARLY or INTERRUPTED), best first."""
         done = [r for r in self.trials if r.get("status") != "ERROR" and _finite(self.score(r))]
         return sorted(done, key=lambda r: -self.score(r) if self.maximised else self.score(r))
 
@@ -159,6 +162,12 @@ def _read_results(exp: Experiment) -> None:
         exp.notes.append("The trial records have no start time: the optimisation history shows trials by trial "
                          "id, which is their creation order for BasicSearch only.")
     exp.final_seeds = list(raw.get("final_seeds") or []) if isinstance(raw, dict) else []
+    if isinstance(raw, dict) and raw.get("interrupted"):
+        stopped = sum(r.get("status") == "INTERRUPTED" for r in trials)
+        waiting = sum(r.get("status") == "NOT STARTED" for r in trials)
+        exp.notes.append(f"The run was interrupted: this shows {len(trials)} trial(s) so far ({stopped} stopped mid-way, "
+                         f"their curves end there; {waiting} not started) and no best model yet; hyper_tune.py "
+                         f"--resume --exp_id {exp.exp_id} continues it.")
 
 
 def _read_time_intervals(exp: Experiment) -> None:
