@@ -174,7 +174,7 @@ def run_all(runs: list[FinalRun], base_config: ConfigParser, shared: PreparedDat
     {"seed", "error"}]}), best configuration first, runs in plan order."""
     import ray
 
-    done = {i: finished.reusable(run) for i, run in enumerate(runs) if finished.reusable(run) is not None}
+    done = {i: outcome for i, run in enumerate(runs) if (outcome := finished.reusable(run)) is not None}
     if done:
         logger.info("Reusing %d of %d final run(s) finished before the interruption (%s); running the other %d",
                     len(done), len(runs), finished.path, len(runs) - len(done))
