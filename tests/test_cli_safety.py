@@ -265,3 +265,25 @@ def test_unwritable_working_directory(tmp_path: Path) -> None:
                          rf"and results under \./libtraffic/ of the working directory .*run from a folder you can write to",
                          result.stderr), result.stderr
     assert (blocked / "libtraffic").read_text() == "a file in the way\n"
+
+
+def test_second_ctrl_c_while_exiting_keeps_exit_code_130(tmp_path: Path) -> None:
+    """A Ctrl-C that arrives while the process ends after the first one (here: a cleanup still running as
+    the exit unwinds, as Ray's shutdown does) exits at once with 130 and the message, not by SIGINT (-2)."""
+    script = tmp_path / "second_ctrl_c.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from libtraffic.utils.cli import run_cli\n"
+        "def main():\n"
+        "    raise KeyboardInterrupt('Interrupted: the hint.')\n"
+        "try:\n"
+        "    run_cli(main)\n"
+        "finally:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)  # the user's second Ctrl-C, during the cleanup\n"
+        "    for _ in range(50):\n"
+        "        time.sleep(0.1)\n"
+        "    print('cleanup finished')\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env={**SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)},
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 130, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.strip() == "Interrupted: the hint." and "cleanup finished" not in done.stdout

@@ -202,7 +202,10 @@ def test_second_ctrl_c_stops_at_once_with_our_hint(workdir, cluster, tmp_path):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=TIMEOUT)
     err = err_file.read_text()
-    assert proc.returncode == 130, out[-2000:] + err[-3000:]
+    # When the first Ctrl-C's stop was already done, the second can land in the interpreter's last
+    # exit steps, where Python has put SIGINT back to its default: the process then ends by SIGINT,
+    # which a shell reports as exit status 130 too (128 + 2), after our hint.
+    assert proc.returncode in (130, -signal.SIGINT), out[-2000:] + err[-3000:]
     assert err.strip().endswith("Continue with the same command plus --resume --exp_id twice."), err[-2000:]
     assert_clean_terminal(out, err)
 

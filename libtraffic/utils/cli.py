@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from typing import NoReturn
 
 from libtraffic.utils.errors import LibTrafficError
 
@@ -90,5 +94,22 @@ def run_cli(main: Callable[[], object]) -> None:
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as err:
-        print(f"\n{err or 'Interrupted.'}", file=sys.stderr)
-        sys.exit(130)
+        _exit_interrupted(f"\n{err or 'Interrupted.'}")
+
+
+def _exit_interrupted(message: str) -> NoReturn:
+    """Print the Ctrl-C message and exit with code 130. Another Ctrl-C while the process ends (Ray's
+    shutdown, interpreter exit) ends it at once with the same code and message, instead of Python's
+    death by SIGINT (exit -2) from a second KeyboardInterrupt."""
+    printed = []
+
+    def at_once(signum, frame) -> None:
+        if not printed:
+            print(message, file=sys.stderr, flush=True)
+        os._exit(130)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, at_once)
+    print(message, file=sys.stderr, flush=True)
+    printed.append(True)
+    sys.exit(130)
