@@ -2,7 +2,7 @@
 
 Each node runs in the foreground (``ray start --block``) in its own process group with its own temp
 dir; ending a node sends SIGTERM to that group only, so no other Ray on the machine is touched
-(never ``ray stop``). Every port is chosen free here; Ray advertises the machine's own address even
+(never the `stop` command of the ray CLI). Every port is chosen free here; Ray advertises the machine's own address even
 for ``--node-ip-address 127.0.0.1`` (it maps loopback to it), the nodes connect through 127.0.0.1.
 """
 

@@ -33,7 +33,7 @@ BUCKET = "experiments"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """(address, [head, worker]) of a two-node cluster; ended by process group, never `ray stop`."""
+    """(address, [head, worker]) of a two-node cluster; ended by process group, never the ray CLI's stop command."""
     temp = tmp_path_factory.mktemp("cluster")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

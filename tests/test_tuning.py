@@ -35,7 +35,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # rende
 def ray_cluster(tmp_path_factory):
     """One Ray head for the whole module; hyper_tune.py connects to it through RAY_ADDRESS.
 
-    Started and ended by tests/ray_nodes.py: its own process group and temp dir, never ``ray stop``.
+    Started and ended by tests/ray_nodes.py: its own process group and temp dir, never the ray CLI's stop command.
     """
     port = free_port()
     head = start_node(tmp_path_factory.mktemp("ray"), head_port=port, num_cpus=2)
