@@ -1,0 +1,116 @@
+"""Graph transforms of an adjacency matrix, as LibCity's graph models compute them.
+
+Every function takes the dataset's (N, N) ``adj_mx`` (weights, 0 = no edge) and returns a dense
+float32 array. Degrees are row sums; a node without edges gets a 0 where a degree is inverted
+(LibCity's ``d_inv[np.isinf(d_inv)] = 0``). Each model picks its transforms by name from the tables
+at the end, so a config value selects a row, not a branch.
+
+Notation: A the adjacency, D = diag(row sums of A), I the identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy.sparse.linalg import eigsh
+
+from libtraffic.utils.errors import LibTrafficError
+
+
+def _inverse(values: np.ndarray, power: float) -> np.ndarray:
+    """values ** power with the entries of zero degree set to 0 (not inf)."""
+    with np.errstate(divide="ignore"):
+        result = np.power(values, power)
+    result[~np.isfinite(result)] = 0.0
+    return result
+
+
+def random_walk(adj: np.ndarray) -> np.ndarray:
+    """D^-1 A: each row divided by its sum (GWNET 'transition', DCRNN's random-walk matrix)."""
+    adj = np.asarray(adj, dtype=np.float32)
+    return (_inverse(adj.sum(1), -1.0)[:, None] * adj).astype(np.float32)
+
+
+def sym_normalized(adj: np.ndarray) -> np.ndarray:
+    """D^-1/2 A^T D^-1/2 (GWNET 'symnadj'; LibCity transposes A, which matters for directed graphs)."""
+    adj = np.asarray(adj, dtype=np.float32)
+    d = _inverse(adj.sum(1), -0.5)
+    return (d[:, None] * adj.T * d[None, :]).astype(np.float32)
+
+
+def normalized_laplacian(adj: np.ndarray) -> np.ndarray:
+    """I - D^-1/2 A^T D^-1/2 (GWNET 'normlap')."""
+    return (np.eye(len(adj), dtype=np.float32) - sym_normalized(adj)).astype(np.float32)
+
+
+def scaled_laplacian(adj: np.ndarray, lambda_max: float | None = 2.0, undirected: bool = True) -> np.ndarray:
+    """2 L / lambda_max - I, L the normalized Laplacian of max(A, A^T) when ``undirected``.
+
+    ``lambda_max`` None: the eigenvalue of largest magnitude of L (DCRNN's 'laplacian' filter).
+    """
+    adj = np.asarray(adj, dtype=np.float32)
+    if undirected:
+        adj = np.maximum(adj, adj.T)
+    lap = normalized_laplacian(adj).astype(np.float64)
+    if lambda_max is None:
+        lambda_max = float(eigsh(lap, 1, which="LM", return_eigenvectors=False)[0])
+    return (2.0 / lambda_max * lap - np.eye(len(lap))).astype(np.float32)
+
+
+def self_loop_normalized(adj: np.ndarray) -> np.ndarray:
+    """D~^-1/2 (A + I)^T D~^-1/2, D~ the row sums of A + I (TGCN's graph convolution)."""
+    adj = np.asarray(adj, dtype=np.float32)
+    return sym_normalized(adj + np.eye(len(adj), dtype=np.float32))
+
+
+def chebyshev_laplacian(adj: np.ndarray) -> np.ndarray:
+    """STGCN's scaled Laplacian 2 L / lambda - I of the directed graph: L = D - A with entry (i, j)
+    divided by sqrt(d_i d_j) where both degrees are positive, lambda its largest real eigenvalue."""
+    adj = np.asarray(adj, dtype=np.float64)
+    d = adj.sum(1)
+    lap = np.diag(d) - adj
+    both = np.outer(d > 0, d > 0)
+    lap = np.where(both, lap / np.sqrt(np.where(both, np.outer(d, d), 1.0)), lap)
+    lam = np.linalg.eigvals(lap).real.max()
+    return (2 * lap / lam - np.eye(len(adj))).astype(np.float32)
+
+
+def chebyshev_polynomials(lap: np.ndarray, order: int) -> np.ndarray:
+    """(order, N, N): T0 = I, T1 = lap, Tk = 2 lap T(k-1) - T(k-2)."""
+    if order < 1:
+        raise LibTrafficError(f"The Chebyshev order (STGCN's Ks) must be at least 1, got {order}.")
+    lap = np.asarray(lap, dtype=np.float64)
+    terms = [np.eye(len(lap)), lap]
+    for _ in range(2, order):
+        terms.append(2 * lap @ terms[-1] - terms[-2])
+    return np.asarray(terms[:order], dtype=np.float32)
+
+
+def first_order(adj: np.ndarray) -> np.ndarray:
+    """(1, N, N): D~^-1/2 (A + I) D~^-1/2, STGCN's first-order approximation."""
+    adj = np.asarray(adj, dtype=np.float64) + np.eye(len(adj))
+    s = 1.0 / np.sqrt(adj.sum(1))
+    return (s[:, None] * adj * s[None, :])[None].astype(np.float32)
+
+
+def identity(adj: np.ndarray) -> np.ndarray:
+    return np.eye(len(adj), dtype=np.float32)
+
+
+#: GWNET's ``adjtype`` -> the supports it builds (a list of (N, N) matrices).
+GWNET_SUPPORTS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
+    "scalap": lambda a: [scaled_laplacian(a)],
+    "normlap": lambda a: [normalized_laplacian(a)],
+    "symnadj": lambda a: [sym_normalized(a)],
+    "transition": lambda a: [random_walk(a)],
+    "doubletransition": lambda a: [random_walk(a), random_walk(a.T)],
+    "identity": lambda a: [identity(a)],
+}
+
+#: DCRNN's ``filter_type`` -> its diffusion supports. LibCity multiplies by the transposed random walk.
+DCRNN_SUPPORTS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
+    "laplacian": lambda a: [scaled_laplacian(a, lambda_max=None)],
+    "random_walk": lambda a: [random_walk(a).T],
+    "dual_random_walk": lambda a: [random_walk(a).T, random_walk(a.T).T],
+}
