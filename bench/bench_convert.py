@@ -121,7 +121,7 @@ def main() -> None:
         + f"\n- converter's summary: `{summary_line}`"
         + f"\n- progress lines (stderr is not a terminal here, so every 10%): `{progress[1] if len(progress) > 1 else ''}` ..."
         + f"\n- converted files identical byte for byte to {DATASET}'s: {', '.join(identical) or 'none'}"
-        + f"\n\nCold data preparation (bench_data.py's child: ConfigParser + get_data() + get_data_feature(), "
+        + "\n\nCold data preparation (bench_data.py's child: ConfigParser + get_data() + get_data_feature(), "
         "default GRU config, dataset cache deleted before each run, datasets alternating):\n\n"
         + table(["dataset", "prep s (median)", "peak RSS", "runs (s)"], prep_rows)
         + f"\n\nConverted / synthetic preparation time: {ratio:.2f}x.\n"

@@ -35,7 +35,8 @@ import torch
 from benchlib import BENCH_DIR, DATASET, MODEL, TASK, median, require_dataset, table, write_section
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
-from libtraffic.pipeline.final_seeds import RUNS_FILE, train_and_test
+from libtraffic.results import FINAL_RUNS_FILE as RUNS_FILE
+from libtraffic.tune.final_runs import train_and_test
 
 OUT_DIR = BENCH_DIR / "libtraffic" / "bench_final"  # child outputs (git-ignored)
 SPACE_FILE = OUT_DIR / "final_space.json"

@@ -244,7 +244,7 @@ def test_caller_ray_session_is_left_running(workdir, cluster, monkeypatch):
     import ray
 
     from libtraffic.pipeline import hyper_parameter
-    from libtraffic.pipeline.ray_session import runtime_env
+    from libtraffic.tune.session import runtime_env
 
     address, _ = cluster
     monkeypatch.chdir(workdir)

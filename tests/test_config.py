@@ -115,7 +115,7 @@ def test_precedence_ladder(top: int, config_copy: Path, make_dataset, workdir: P
 
 
 def test_search_space_values_beat_command_line(dataset: str) -> None:
-    config = ConfigParser(TASK, "GRU", dataset, other_args={"hidden_size": "8"}, hyper_config_dict={"hidden_size": 12})
+    config = ConfigParser(TASK, "GRU", dataset, other_args={"hidden_size": "8"}).with_overrides({"hidden_size": 12})
     assert config["hidden_size"] == 12
     assert config.sources["hidden_size"] == "search space"
 
@@ -205,8 +205,9 @@ def test_with_overrides_returns_new_config(dataset: str) -> None:
     assert clone.sources["hidden_size"] == "search space"
     assert (config["hidden_size"], config["learning_rate"]) == (8, 0.01)
     assert config.sources["hidden_size"] == "command line"
-    clone["batch_size"] = 3
-    assert config["batch_size"] == 64
+    with pytest.raises(TypeError):  # read-only: a changed config is a new one
+        clone["batch_size"] = 3
+    assert clone.with_overrides({"batch_size": 3})["batch_size"] == 3 and clone["batch_size"] == 64
     with pytest.raises(LibTrafficError, match="Unknown config key 'hiden_size'"):
         config.with_overrides({"hiden_size": 3})
     with pytest.raises(LibTrafficError, match="Bad value 'x' for 'hidden_size'"):

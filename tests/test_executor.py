@@ -41,14 +41,14 @@ def params(executor) -> dict[str, torch.Tensor]:
 
 def test_training_lowers_validation_loss(tiny_dataset: str) -> None:
     executor, (train, valid, _) = build(tiny_dataset, max_epoch=3)
-    before = executor._valid_epoch(valid, 0)
+    before = executor._validate(valid, 0)["loss"]
     best = executor.train(train, valid)
     assert [h["epoch"] for h in executor.history] == [0, 1, 2]
     assert best == min(h["loss"] for h in executor.history)
     assert best < 0.6 * before
     assert executor.history[-1]["train_loss"] < executor.history[0]["train_loss"]
     # load_best_epoch: the model now holds the best epoch's weights.
-    assert executor._valid_epoch(valid, 0) == pytest.approx(best, rel=1e-6)
+    assert executor._validate(valid, 0)["loss"] == pytest.approx(best, rel=1e-6)
 
 
 @pytest.mark.parametrize("learner, cls, group", [

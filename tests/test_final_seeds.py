@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from libtraffic.pipeline.final_seeds import FinalRun, FinishedRuns, describe
+from libtraffic.tune.final_runs import FinalRun, FinishedRuns, describe
 from libtraffic.utils.errors import LibTrafficError
 
 CONFIG = {"learning_rate": 0.005, "hidden_size": 64, "dropout": 0.1234567890123}

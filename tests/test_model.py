@@ -3,7 +3,6 @@ teacher forcing and the default loss."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from libtraffic.config import ConfigParser
 from libtraffic.data.scalers import NoneScaler, StandardScaler
 from libtraffic.model import MODELS, get_model
 from libtraffic.model.rnn import RNN
-from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 
 B, IN, OUT, NODES = 3, 4, 3, 4

@@ -15,11 +15,11 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from libtraffic.pipeline.tune_report import write_report_safely
+from libtraffic.tune.finish import write_report_safely
 from libtraffic.report import PANELS, write_report
 from libtraffic.report import figures
-from libtraffic.report.experiment import RESULTS_FILE, SETTINGS_FILE, load_experiment
-from libtraffic.report.figures import Skip
+from libtraffic.report.experiment import load_experiment
+from libtraffic.results import RESULTS_JSON as RESULTS_FILE, SETTINGS_FILE
 from libtraffic.report.synthetic import SPACE, write_synthetic_experiment
 from libtraffic.utils.errors import LibTrafficError
 
@@ -60,18 +60,6 @@ def test_history_is_each_trial_and_the_cumulative_min(records, exp_folder):
     assert list(by_label(ax, "failed (no loss)").get_xdata()) == [i + 1 for i, r in enumerate(order)
                                                                   if r["status"] == "ERROR"]
     assert ax.get_xlabel() == "trial, in the order it started"
-
-
-def test_history_without_start_times_is_by_trial_id_with_a_note(records, exp_folder):
-    for r in records:
-        del r["started"]
-    (exp_folder / RESULTS_FILE).write_text(json.dumps(records))
-    exp = load_experiment("e1")
-    ax = figures.history(exp).axes[0]
-    assert ax.get_xlabel() == "trial, by trial id" and "by trial id" in " ".join(exp.notes)
-    done = by_label(ax, "trial (done)")
-    by_id = sorted(records, key=lambda r: r["trial_id"])
-    assert list(done.get_xdata()) == [i + 1 for i, r in enumerate(by_id) if r["status"] == "DONE"]
 
 
 def test_learning_curves_have_each_trials_epochs(records, exp_folder):
@@ -255,9 +243,8 @@ def test_a_failing_report_does_not_fail_the_tuning_run(workdir, exp_folder, caps
 
 def test_importance_takes_every_space_type_with_values_ray_samples(workdir, exp_folder):
     """Each space-file type becomes an Optuna distribution that holds the values Ray draws from it."""
-    from ray import tune as ray_tune
 
-    from libtraffic.pipeline.search_space import SPACE_TYPES
+    from libtraffic.tune.spaces import SPACE_TYPES
     from libtraffic.report.importance import DISTRIBUTIONS, distribution, importance
 
     entries = {"a": {"type": "uniform", "lower": 0.1, "upper": 0.5}, "b": {"type": "loguniform", "lower": 1e-4, "upper": 1e-1},
@@ -267,14 +254,15 @@ def test_importance_takes_every_space_type_with_values_ray_samples(workdir, exp_
                "i": {"type": "grid_search", "list": [True, False]}}
     assert set(DISTRIBUTIONS) == set(SPACE_TYPES) == {e["type"] for e in entries.values()}
     rng = np.random.default_rng(0)
-    domains = {k: SPACE_TYPES[e["type"]].build(e) for k, e in entries.items()}
+    domains = {k: SPACE_TYPES[e["type"]].ray(e) for k, e in entries.items()}
     records = []
     for i in range(12):
         config = {k: (e["list"][i % len(e["list"])] if e["type"] == "grid_search" else domains[k].sample(random_state=rng))
                   for k, e in entries.items()}
         config = {k: v.item() if hasattr(v, "item") else v for k, v in config.items()}
         records.append({"trial_id": f"t{i:02d}", "config": config, "status": "DONE", "best_loss": 1.0 + config["a"],
-                        "loss_curve": [1.0 + config["a"]], "epochs_run": 1})
+                        "loss_curve": [1.0 + config["a"]], "epochs_run": 1, "metric": "loss",
+                        "best_value": 1.0 + config["a"], "metric_curve": [1.0 + config["a"]]})
     exp_folder.mkdir(parents=True)
     (exp_folder / RESULTS_FILE).write_text(json.dumps(records))
     (exp_folder / SETTINGS_FILE).write_text(json.dumps({"space": entries}))

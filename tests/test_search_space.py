@@ -18,7 +18,7 @@ from ray.tune.search import sample as ray_sample
 
 from libtraffic.config import ConfigParser
 from libtraffic.data.synthetic import write_synthetic_dataset
-from libtraffic.pipeline.search_space import SPACE_TYPES, SearchSpace, load_search_space
+from libtraffic.tune.spaces import SPACE_TYPES, SearchSpace, load_search_space
 from libtraffic.utils.errors import LibTrafficError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -686,7 +686,7 @@ def optuna_suggestions(space: SearchSpace, count: int, num_samples: int, searche
                        first: int = 0) -> tuple[list[dict], Any]:
     """``count`` configurations from the real OptunaSearch (TPE) for trials first, first + 1, ...,
     each told a loss that depends on it."""
-    from libtraffic.pipeline.optuna_space import optuna_searcher
+    from libtraffic.tune.searchers import optuna_searcher
 
     searcher = searcher or optuna_searcher(space, "loss", "min", 3, num_samples)
     configs = []
@@ -723,9 +723,8 @@ def test_optuna_randn_prior_is_the_normal_distribution(config: ConfigParser) -> 
     import optuna
     from scipy import stats
 
-    from libtraffic.pipeline.optuna_space import OptunaSpace
-
-    space = OptunaSpace(load(config, {"dropout": {"type": "randn", "mean": 0.3, "sd": 0.05}}, "OptunaSearch"))
+    
+    space = (load(config, {"dropout": {"type": "randn", "mean": 0.3, "sd": 0.05}}, "OptunaSearch")).optuna_space()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     values = []
     for _ in range(N_DRAWS):
@@ -738,7 +737,7 @@ def test_optuna_randn_prior_is_the_normal_distribution(config: ConfigParser) -> 
 
 def test_optuna_search_state_restored_continues_the_grid(config: ConfigParser, tmp_path: Path) -> None:
     """--resume restores the pickled searcher: the grid order and the study continue where they stopped."""
-    from libtraffic.pipeline.optuna_space import optuna_searcher
+    from libtraffic.tune.searchers import optuna_searcher
 
     space = load(config, EVERY_TYPE, "OptunaSearch")
     whole, _ = optuna_suggestions(space, 8, num_samples=2)

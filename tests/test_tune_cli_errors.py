@@ -21,7 +21,7 @@ from typing import Any, Callable
 import pytest
 
 from libtraffic.data.synthetic import write_synthetic_dataset
-from libtraffic.pipeline import tuning
+from libtraffic.tune import driver as tuning
 from libtraffic.utils.errors import LibTrafficError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -379,7 +379,7 @@ def test_counts_must_be_positive(tune_dir: Path, flag: str, value: int) -> None:
     tune_error(tune_dir, rf"--{flag} must be at least 1, got {value}\.", **{flag: value})
 
 
-@pytest.mark.parametrize("budget", [0, -5.0])
+@pytest.mark.parametrize("budget", [0, -5.0, float("nan")])
 def test_time_budget_must_be_positive(tune_dir: Path, budget: float) -> None:
     tune_error(tune_dir, rf"--time_budget_s must be positive, got {budget}\.", time_budget_s=budget)
 

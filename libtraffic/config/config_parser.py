@@ -27,10 +27,10 @@ from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.jsonio import find_json_file, load_json
 from libtraffic.utils.registry import did_you_mean, lookup
+from libtraffic.utils.values import parse_bool
 
 #: LibCity config keys that have no effect here -> why; a LibCity config file with them still runs.
 LIBCITY_IGNORED: dict[str, str] = load_json(paths.CONFIG_DIR / "libcity_ignored.json", "defaults")
-_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 # Keys of a dataset config.json that describe the atomic-file schema rather than settings.
 _SCHEMA_BLOCKS = {"geo", "rel", "dyna", "ext", "grid", "od", "usr", "info"}
 REQUIRED_ATOMIC = (".geo", ".dyna")
@@ -128,8 +128,8 @@ def coerce_value(key: str, value: Any, default: Any, where: str) -> Any:
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
-        if from_cli and value.lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[value.lower()]
+        if from_cli and parse_bool(value) is not None:
+            return parse_bool(value)
         raise bad
     if isinstance(default, (int, float)):
         if from_cli:
@@ -186,8 +186,9 @@ def _type_name(default: Any) -> str:
 class ConfigParser(Mapping):
     """The merged configuration of one run; behaves as a read-only dict of flat keys.
 
-    ``other_args`` are command-line values (strings are parsed with the key's type);
-    ``hyper_config_dict`` are sampled hyperparameters, applied above everything else.
+    ``other_args`` are command-line values (strings are parsed with the key's type). A config is
+    never changed: ``with_overrides`` derives a new one (a tuning trial's sampled values, the id a
+    new experiment claims).
     """
 
     def __init__(
@@ -199,7 +200,6 @@ class ConfigParser(Mapping):
         saved_model: bool | None = None,
         train: bool | None = None,
         other_args: Mapping[str, Any] | None = None,
-        hyper_config_dict: Mapping[str, Any] | None = None,
     ) -> None:
         entry = resolve_task_model(task, model)
         cli = {k: v for k, v in (other_args or {}).items() if v is not None}
@@ -246,8 +246,6 @@ class ConfigParser(Mapping):
             self._apply(file_layer[1], file_layer[0], check=True)
         self._apply(fixed, "command line", check=False)
         self._apply(cli, "command line", check=True)
-        if hyper_config_dict:
-            self._apply(dict(hyper_config_dict), "search space", check=True)
         self._config_file = config_file
 
     def _apply(self, layer: Mapping[str, Any], source: str, check: bool) -> None:
@@ -289,25 +287,14 @@ class ConfigParser(Mapping):
     def default_of(self, key: str) -> Any:
         return self._types[key]
 
-    def overridden_by(self, keys: list[str], source: str) -> dict[str, tuple[Any, str]]:
-        """For ``keys``, the current value and source when they came from somewhere else."""
-        return {k: (self._config[k], self.sources[k]) for k in keys if k in self._config and self.sources[k] != source}
-
     def __getitem__(self, key: str) -> Any:
         return self._config[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._config[key] = value
-        self.sources[key] = "set in code"
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._config)
 
     def __len__(self) -> int:
         return len(self._config)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self._config)
 
     def log_sources(self, logger: logging.Logger) -> None:
         """Each value's source (debug), and a warning for each LibCity key that has no effect here."""

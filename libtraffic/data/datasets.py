@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from libtraffic.data.dataset import TrafficStatePointDataset
+from libtraffic.data.point_dataset import TrafficStatePointDataset
 from libtraffic.data.prepared import PreparedData
 from libtraffic.utils.registry import lookup
 

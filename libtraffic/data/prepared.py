@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from libtraffic.data import atomic
+from libtraffic.data import atomic_reader
 from libtraffic.data.adjacency import build_adjacency
 from libtraffic.data.scalers import NoneScaler, get_scaler
 from libtraffic.data.windows import day_in_week, num_samples, split_sizes, time_in_day
@@ -160,12 +160,12 @@ class RawData:
 
 
 def _read(config: Mapping[str, Any], files: Mapping[str, Path]) -> RawData:
-    geo_ids = atomic.read_geo(files["geo"])
-    dyna = atomic.read_dyna(files["dyna"], geo_ids, list(config["data_col"] or []), int(config["time_intervals"]))
+    geo_ids = atomic_reader.read_geo(files["geo"])
+    dyna = atomic_reader.read_dyna(files["dyna"], geo_ids, list(config["data_col"] or []), int(config["time_intervals"]))
     data = dyna.data
     _clean_readings(data, files["dyna"].name)
-    ext = atomic.read_ext(files["ext"], dyna.times, list(config["ext_col"] or [])) if "ext" in files else None
-    origin, dest, weights = atomic.read_rel(files["rel"], geo_ids, config["weight_col"])
+    ext = atomic_reader.read_ext(files["ext"], dyna.times, list(config["ext_col"] or [])) if "ext" in files else None
+    origin, dest, weights = atomic_reader.read_rel(files["rel"], geo_ids, config["weight_col"])
     return RawData(len(geo_ids), data, dyna.times, ext, origin, dest, weights, _stats(files), files["dyna"].name)
 
 

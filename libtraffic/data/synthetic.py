@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from libtraffic.data.atomic_write import (
-    DISTANCE_KERNEL, check_dataset_name, dyna_chunks, geo_text, rel_text, time_texts, write_atomically,
+from libtraffic.utils.safe_write import write_atomically
+from libtraffic.data.atomic_writer import (
+    DISTANCE_KERNEL, check_dataset_name, dyna_chunks, geo_text, rel_text, time_texts,
 )
-from libtraffic.data.atomic_write import dataset_config as atomic_config
+from libtraffic.data.atomic_writer import dataset_config as atomic_config
 from libtraffic.utils.errors import LibTrafficError
 
 logger = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def generate_speeds(num_nodes: int, num_days: int, seed: int = 0, missing_rate: 
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic files (written with libtraffic.data.atomic_write: 7.1 M .dyna rows in a few seconds).
+# Atomic files (written with libtraffic.data.atomic_writer: 7.1 M .dyna rows in a few seconds).
 
 
 def _speed_table(max_millis: int) -> np.ndarray:

@@ -203,11 +203,6 @@ class TrafficStateExecutor:
             total, count = total + value, count + 1
         return total / max(count, 1)
 
-    def _valid_epoch(self, loader: Iterable, epoch: int) -> float:
-        """Validation loss: the mean over samples; with eval_pad_with_last_sample, LibCity's mean of
-        per-batch losses over the padded batches."""
-        return self._validate(loader, epoch)["loss"]
-
     @torch.no_grad()
     def _validate(self, loader: Iterable, epoch: int) -> dict[str, float]:
         """{'loss': validation loss} and, when best_metric is an evaluator metric, {its name: value},

@@ -1,9 +1,12 @@
+"""run_model's pipeline (Ray-free) and LibCity's hyper_parameter entry point, which lives in libtraffic.tune."""
+
 from libtraffic.pipeline.pipeline import run_model
 
 
 def hyper_parameter(*args, **kwargs):
-    """LibCity's hyper_parameter(); imported lazily so run_model does not load Ray."""
-    from libtraffic.pipeline.tuning import hyper_parameter as tune_main
+    """LibCity's libcity.pipeline.hyper_parameter; see libtraffic.tune.hyper_parameter (imported on call, so
+    that run_model never loads Ray)."""
+    from libtraffic.tune import hyper_parameter as tune_main
 
     return tune_main(*args, **kwargs)
 

@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from typing import Any
 
-
 from libtraffic.config import ConfigParser
-from libtraffic.data import get_dataset
-from libtraffic.executor import get_executor
-from libtraffic.model import get_model
+from libtraffic.pipeline.build import build_run
 from libtraffic.utils import experiment_lock, paths
+from libtraffic.utils.cli import default_names
+from libtraffic.utils.device import set_threads
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.logger import get_logger
-from libtraffic.utils.device import set_threads
-from libtraffic.utils.seed import set_random_seed
-
-
-def default_names(task: str | None, model: str | None, dataset: str | None) -> tuple[str, str, str]:
-    """LibCity's defaults for the names not given; an empty name stays empty and is refused by name."""
-    return ("traffic_state_pred" if task is None else task, "GRU" if model is None else model,
-            "METR_LA" if dataset is None else dataset)
-
-
-def claim_new_experiment(exp_id: str | int | None, taken_hint: str) -> str | int:
-    """Create the folder of a new experiment atomically and return its id.
-
-    ``exp_id`` None picks a fresh random id. A given id whose folder exists (an older experiment, or
-    another run started at the same moment) stops with ``taken_hint``.
-    """
-    rng = random.SystemRandom()
-    while True:
-        candidate = rng.randint(0, 100000) if exp_id is None else exp_id
-        folder = paths.experiment_dir(candidate)
-        if experiment_lock.claim_new(folder):
-            return candidate
-        if exp_id is not None:
-            raise LibTrafficError(f"Experiment folder {folder} already exists; {taken_hint}")
 
 
 def _existing_experiment(config: ConfigParser) -> str | int:
@@ -63,9 +37,10 @@ def run_model(task: str | None = None, model_name: str | None = None, dataset_na
     config = ConfigParser(*default_names(task, model_name, dataset_name), config_file, saved_model, train, other_args)
     new = config["train"] and config["epoch"] == 0
     if new:
-        config["exp_id"] = claim_new_experiment(
+        exp_id = experiment_lock.claim_new_experiment(
             config["exp_id"], "choose a new --exp_id, or pass --train false to evaluate its saved model "
             "(or --epoch N to resume training from it).")
+        config = config.with_overrides({"exp_id": exp_id}, source="new experiment")
     folder = paths.experiment_dir(_existing_experiment(config))
     with experiment_lock.using(folder, exclusive=config["train"], discard_on_failure=lambda: new):
         return _run(config)
@@ -78,18 +53,14 @@ def _run(config: ConfigParser) -> dict[str, float]:
                 config["task"], config["model"], config["dataset"], exp_id)
     config.log_sources(logger)
     set_threads(config, logger)
-    set_random_seed(config["seed"])
-    dataset = get_dataset(config)
-    train_data, valid_data, test_data = dataset.get_data()
-    data_feature = dataset.get_data_feature()
+    run = build_run(config, logger=logger)
     logger.info("Data: %d nodes, %d features, split %s samples (train/valid/test)",
-                data_feature["num_nodes"], data_feature["feature_dim"], dataset.prepared.split)
-    model = get_model(config, data_feature)
-    executor = get_executor(config, model, data_feature, logger)
+                run.data_feature["num_nodes"], run.data_feature["feature_dim"], run.dataset.prepared.split)
+    executor = run.executor
     model_file = paths.model_cache_file(exp_id, config["model"], config["dataset"])
     if config["train"]:
         try:
-            executor.train(train_data, valid_data)
+            executor.train(run.train_data, run.valid_data)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(interrupted_message(config)) from None
         if config["saved_model"]:
@@ -99,7 +70,7 @@ def _run(config: ConfigParser) -> dict[str, float]:
         raise LibTrafficError(f"--train false but there is no saved model {model_file}; train it first.")
     else:
         executor.load_model(model_file)
-    return executor.evaluate(test_data)
+    return executor.evaluate(run.test_data)
 
 
 def interrupted_message(config: ConfigParser) -> str:

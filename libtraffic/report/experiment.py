@@ -1,15 +1,9 @@
 """An experiment folder read back for the report: the files in libtraffic/cache/<exp_id>/ (never Ray
-objects), plus the dataset's config.json for its time_intervals when the settings do not fix it.
+objects; their names and schema are libtraffic.results'), plus the dataset's config.json for its
+time_intervals when the settings do not fix it.
 
 Every file is optional (an interrupted experiment has only some of them); what is missing is
 collected in ``notes`` so the report can say so instead of failing.
-
-``hyper_tune_results.json`` is either the list of trial records written by tuning, or an object
-``{"trials": [...], "final_seeds": [...]}`` (an interrupted run's also has ``"interrupted": true``; its
-trials' statuses include INTERRUPTED and NOT STARTED) where each final-seeds entry is
-``{"trial_id": str, "config": {...}, "runs": [{"seed": int, "test": {"MAE@1": float, ...}}, ...]}``
-(the best configurations retrained with fresh seeds; the report shows their test metrics as
-mean ± std per horizon).
 """
 
 from __future__ import annotations
@@ -24,12 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from libtraffic.results import BEST_CONFIG_SUFFIX, RESULTS_JSON, SETTINGS_FILE, read_results, read_settings
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.jsonio import load_json
 
-RESULTS_FILE = "hyper_tune_results.json"
-SETTINGS_FILE = "hyper_tune_experiment.json"
 LOG_TYPES = ("loguniform", "lograndint")  # space types drawn on a log axis
 DEFAULT_TIME_INTERVALS = 300
 
@@ -60,25 +53,16 @@ class Experiment:
     time_intervals: int = DEFAULT_TIME_INTERVALS
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def start_known(self) -> bool:
-        """Whether every trial that ran has its start time (unix seconds, key ``started``)."""
-        ran = [r for r in self.trials if r.get("status") != "NOT STARTED"]
-        return bool(ran) and all(_finite(r.get("started")) for r in ran)
-
     @cached_property
     def ordered(self) -> list[dict[str, Any]]:
-        """Trials by start time when the records have it (trials that never ran last), else by trial id
-        (creation order for BasicSearch, whose ids end in a running number; the other searchers' ids are random)."""
-        if self.start_known:
-            return sorted(self.trials, key=lambda r: (not _finite(r.get("started")), r.get("started") or 0.0,
-                                                      str(r["trial_id"])))
-        return sorted(self.trials, key=lambda r: str(r["trial_id"]))
+        """Trials in the order they started; those without a start time (they never reported) last."""
+        return sorted(self.trials, key=lambda r: (not _finite(r.get("started")), r.get("started") or 0.0,
+                                                  str(r["trial_id"])))
 
     @property
     def metric(self) -> str:
-        """What ranked the trials (hyper_tune.py --metric); 'loss' for results files written before it."""
-        return next((str(r["metric"]) for r in self.trials if r.get("metric")), "loss")
+        """What ranked the trials (hyper_tune.py --metric)."""
+        return str(self.trials[0]["metric"]) if self.trials else "loss"
 
     @property
     def maximised(self) -> bool:
@@ -90,12 +74,12 @@ class Experiment:
         return "validation loss" if self.metric == "loss" else f"validation {self.metric}"
 
     def score(self, record: Mapping[str, Any]) -> Any:
-        """A trial's best value of the ranking metric (its best validation loss in older results files)."""
-        return record.get("best_value") if record.get("metric") else record.get("best_loss")
+        """A trial's best value of the ranking metric."""
+        return record["best_value"]
 
     def curve(self, record: Mapping[str, Any]) -> list[float]:
-        """A trial's ranking metric per epoch (its validation loss in older results files)."""
-        return list(record.get("metric_curve") if record.get("metric") else record.get("loss_curve") or [])
+        """A trial's ranking metric per epoch."""
+        return list(record.get("metric_curve") or [])
 
     @cached_property
     def finished(self) -> list[dict[str, Any]]:
@@ -131,7 +115,7 @@ class Experiment:
         if self.settings and self.settings.get(key) is not None:
             return str(self.settings[key])
         if key in ("model", "dataset") and self.best_config_path is not None:
-            model, _, dataset = self.best_config_path.name.removesuffix("_best_config.json").partition("_")
+            model, _, dataset = self.best_config_path.name.removesuffix(BEST_CONFIG_SUFFIX).partition("_")
             return model if key == "model" else dataset
         return default
 
@@ -147,22 +131,14 @@ def _newest(folder: Path, pattern: str) -> Path | None:
 
 
 def _read_results(exp: Experiment) -> None:
-    path = exp.folder / RESULTS_FILE
-    if not path.is_file():
-        exp.notes.append(f"{RESULTS_FILE} is missing (no trial finished before the run stopped?): "
+    results = read_results(exp.folder)
+    if results is None:
+        exp.notes.append(f"{RESULTS_JSON} is missing (no trial finished before the run stopped?): "
                          "no trial panels.")
         return
-    raw = load_json(path, "results file")
-    trials = raw.get("trials") if isinstance(raw, dict) else raw
-    if not isinstance(trials, list) or not all(isinstance(r, dict) and "config" in r for r in trials):
-        raise LibTrafficError(f"{path} is not a tuning results file: expected a list of trial records "
-                              "with 'trial_id', 'config', 'best_loss', 'loss_curve'.")
-    exp.trials = trials
-    if trials and not exp.start_known:
-        exp.notes.append("The trial records have no start time: the optimisation history shows trials by trial "
-                         "id, which is their creation order for BasicSearch only.")
-    exp.final_seeds = list(raw.get("final_seeds") or []) if isinstance(raw, dict) else []
-    if isinstance(raw, dict) and raw.get("interrupted"):
+    exp.trials = trials = results.trials
+    exp.final_seeds = results.final_seeds
+    if results.interrupted:
         stopped = sum(r.get("status") == "INTERRUPTED" for r in trials)
         waiting = sum(r.get("status") == "NOT STARTED" for r in trials)
         exp.notes.append(f"The run was interrupted: this shows {len(trials)} trial(s) so far ({stopped} stopped mid-way, "
@@ -193,14 +169,12 @@ def load_experiment(exp_id: str | int) -> Experiment:
         raise LibTrafficError(f"No experiment folder {folder}; check --exp_id (folders are listed in "
                               f"{paths.cache_dir()}).")
     exp = Experiment(folder=folder, exp_id=str(exp_id))
-    settings = folder / SETTINGS_FILE
-    if settings.is_file():
-        exp.settings = load_json(settings, "experiment settings file")
-    else:
+    exp.settings = read_settings(folder)
+    if exp.settings is None:
         exp.notes.append(f"Settings file missing ({SETTINGS_FILE}): the command and the search space are "
                          "unknown; tuned parameters are inferred from the trials' configs (no log axes).")
     _read_results(exp)
-    exp.best_config_path = _newest(folder, "*_best_config.json")
+    exp.best_config_path = _newest(folder, f"*{BEST_CONFIG_SUFFIX}")
     if exp.best_config_path is not None:
         exp.best_config = load_json(exp.best_config_path, "best config file")
     elif exp.trials:
@@ -217,5 +191,5 @@ def load_experiment(exp_id: str | int) -> Experiment:
             exp.predictions = Predictions(data["prediction"], data["truth"], npz)
     _read_time_intervals(exp)
     if not exp.trials and exp.metrics is None:
-        raise LibTrafficError(f"{folder} holds neither {RESULTS_FILE} nor test metrics: nothing to report.")
+        raise LibTrafficError(f"{folder} holds neither {RESULTS_JSON} nor test metrics: nothing to report.")
     return exp

@@ -69,7 +69,7 @@ def history(exp: Experiment) -> Figure:
     if failed:
         ax.plot(x[failed], [np.nanmin(losses)] * len(failed), "x", color="grey", label="failed (no loss)")
     _spread_log(ax, list(losses[np.isfinite(losses)]))
-    ax.set(xlabel="trial, in the order it started" if exp.start_known else "trial, by trial id",
+    ax.set(xlabel="trial, in the order it started",
            ylabel=f"best {exp.metric_label}",
            title="Optimisation history")
     ax.legend()

@@ -20,7 +20,7 @@ from libtraffic.report import figures, tables
 from libtraffic.report.experiment import Experiment, load_experiment
 from libtraffic.report.figures import Skip
 from libtraffic.report.importance import MIN_TRIALS
-from libtraffic.utils.jsonio import write_atomic
+from libtraffic.utils.safe_write import write_text
 from libtraffic.utils.registry import lookup
 
 REPORT_FILE = "hyper_tune_report.html"
@@ -111,7 +111,7 @@ def render_panel(key: str, panel: Panel, exp: Experiment, figure_dir: Path) -> s
             parts.append(result)
         else:
             data = _png(result)
-            write_atomic(png_path, data)
+            write_text(png_path, data)
             parts.append(f"<img alt='{html.escape(panel.title)}' src='data:image/png;base64,"
                          f"{base64.b64encode(data).decode('ascii')}'>")
     if not parts and not notes:
@@ -136,5 +136,5 @@ def write_report(exp_id: str | int, panels: list[str] | None = None) -> Path:
             f"python -m libtraffic.report --exp_id {html.escape(exp.exp_id)}; figures also in "
             f"{FIGURE_DIR}/.</small></p></body></html>\n")
     path = exp.folder / REPORT_FILE
-    write_atomic(path, page)
+    write_text(path, page)
     return path

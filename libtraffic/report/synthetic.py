@@ -7,14 +7,15 @@ predictions npz); the numbers follow simple known rules so that a test can check
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from libtraffic.report.experiment import RESULTS_FILE, SETTINGS_FILE
-from libtraffic.utils.jsonio import write_json
+from libtraffic.results import SETTINGS_FILE, TrialRecord, best_config_path, ranked, write_results
+from libtraffic.utils.safe_write import write_json
 
 SPACE = {"learning_rate": {"type": "loguniform", "lower": 1e-4, "upper": 1e-1},
          "hidden_size": {"type": "choice", "list": [16, 32, 64]},
@@ -23,7 +24,7 @@ SPACE = {"learning_rate": {"type": "loguniform", "lower": 1e-4, "upper": 1e-1},
 METRICS = ["MAE", "MAPE", "MSE", "RMSE", "masked_MAE", "masked_MAPE", "masked_MSE", "masked_RMSE", "R2", "EVAR"]
 
 
-def _trial(i: int, rng: np.random.Generator, max_epoch: int) -> dict[str, Any]:
+def _trial(i: int, rng: np.random.Generator, max_epoch: int) -> TrialRecord:
     """One trial record; the loss depends mostly on the learning rate (distance of log10 from -2.5)."""
     config = {"learning_rate": float(10 ** rng.uniform(-4, -1)), "hidden_size": int(rng.choice([16, 32, 64])),
               "dropout": float(rng.uniform(0, 0.5)), "num_layers": int(rng.integers(1, 4))}
@@ -34,21 +35,22 @@ def _trial(i: int, rng: np.random.Generator, max_epoch: int) -> dict[str, Any]:
     curve = [float(floor + 3.0 * math.exp(-0.5 * e) + rng.normal(0, 0.02)) for e in range(epochs)]
     best = int(np.argmin(curve)) if curve else None
     # random ids as Ray's searchers give; started (unix seconds) in creation order
-    return {"trial_id": f"{int(rng.integers(16 ** 8)):08x}", "started": 1_764_331_200.0 + 7 * i,
-            "config": config, "seed": 1000 + i, "status": status,
-            "epochs_run": epochs, "best_epoch": best, "best_loss": curve[best] if curve else math.nan,
-            "loss_curve": curve, "epoch_seconds": [1.5] * epochs, "wall_time_s": 1.5 * epochs + 2.0,
-            "error": "ValueError: dropout must be in [0, 1)" if status == "ERROR" else ""}
+    best_loss = curve[best] if curve else math.nan
+    return TrialRecord(trial_id=f"{int(rng.integers(16 ** 8)):08x}", started=1_764_331_200.0 + 7 * i,
+                       config=config, seed=1000 + i, status=status, epochs_run=epochs, best_epoch=best,
+                       best_loss=best_loss, loss_curve=curve, best_value=best_loss, metric_curve=curve,
+                       epoch_seconds=[1.5] * epochs, wall_time_s=1.5 * epochs + 2.0,
+                       error="ValueError: dropout must be in [0, 1)" if status == "ERROR" else "")
 
 
 def write_synthetic_experiment(folder: Path, trials: int = 20, max_epoch: int = 10, nodes: int = 8,
                                samples: int = 600, output_window: int = 12, settings: bool = True,
                                seed: int = 0) -> list[dict[str, Any]]:
-    """Write an experiment into ``folder`` (libtraffic/cache/<exp_id>); returns the trial records."""
+    """Write an experiment into ``folder`` (libtraffic/cache/<exp_id>); returns the trial records as dicts."""
     rng = np.random.default_rng(seed)
-    records = [_trial(i, rng, max_epoch) for i in range(trials)]
-    records.sort(key=lambda r: (math.isnan(r["best_loss"]), r["best_loss"]))  # as tuning writes them
-    write_json(folder / RESULTS_FILE, records)
+    records = ranked([_trial(i, rng, max_epoch) for i in range(trials)])  # best first, as tuning writes them
+    write_results(folder, records)
+    records = [asdict(r) for r in records]
     if settings:
         write_json(folder / SETTINGS_FILE, {
             "command": "python hyper_tune.py --model GRU --dataset SYNTH --space_file space", "argv": [],
@@ -56,7 +58,7 @@ def write_synthetic_experiment(folder: Path, trials: int = 20, max_epoch: int = 
             "space_file": "space.json", "space": SPACE, "search_alg": "OptunaSearch", "scheduler": "ASHA",
             "num_samples": trials, "max_concurrent": 2, "cpu_per_trial": 1, "gpu_per_trial": 0, "seed": seed,
             "time_budget_s": None, "fixed": {"max_epoch": max_epoch}, "started": "2026-11-28 12:00:00"})
-    write_json(folder / "GRU_SYNTH_best_config.json", {**records[0]["config"], "seed": records[0]["seed"]})
+    write_json(best_config_path(folder, "GRU", "SYNTH"), {**records[0]["config"], "seed": records[0]["seed"]})
     evaluate = folder / "evaluate_cache"
     evaluate.mkdir(parents=True, exist_ok=True)
     horizons = pd.Index(range(1, output_window + 1), name="horizon")

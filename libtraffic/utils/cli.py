@@ -11,15 +11,23 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from libtraffic.utils.errors import LibTrafficError
-
-_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-
+from libtraffic.utils.values import parse_bool
 
 def str2bool(text: str) -> bool:
-    try:
-        return _BOOLS[text.lower()]
-    except KeyError as err:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from err
+    value = parse_bool(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+#: LibCity's defaults of the names a run is built from (its run_model.py / hyper_tune.py flags).
+DEFAULT_NAMES = {"task": "traffic_state_pred", "model": "GRU", "dataset": "METR_LA"}
+
+
+def default_names(task: str | None, model: str | None, dataset: str | None) -> tuple[str, str, str]:
+    """DEFAULT_NAMES for the names not given; an empty name stays empty and is refused by name."""
+    given = {"task": task, "model": model, "dataset": dataset}
+    return tuple(DEFAULT_NAMES[k] if v is None else v for k, v in given.items())
 
 
 # LibCity's general flags (help text, type); all default to None so only typed values override.
@@ -40,9 +48,9 @@ GENERAL_ARGUMENTS: dict[str, tuple[type | Callable, str]] = {
 def base_parser(description: str, epilog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, epilog=epilog, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", type=str, default="traffic_state_pred", help="task name (traffic_state_pred)")
-    parser.add_argument("--model", type=str, default="GRU", help="model name: GRU, LSTM or RNN")
-    parser.add_argument("--dataset", type=str, default="METR_LA", help="dataset folder under ./raw_data")
+    parser.add_argument("--task", type=str, default=DEFAULT_NAMES["task"], help="task name (traffic_state_pred)")
+    parser.add_argument("--model", type=str, default=DEFAULT_NAMES["model"], help="model name: GRU, LSTM or RNN")
+    parser.add_argument("--dataset", type=str, default=DEFAULT_NAMES["dataset"], help="dataset folder under ./raw_data")
     parser.add_argument("--config_file", type=str, default=None, help="JSON config file: NAME (./NAME.json) or a path")
     parser.add_argument("--exp_id", type=str, default=None, help="experiment id (default: a new random one)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,22 @@ def claim_new(folder: Path) -> bool:
     except OSError:
         paths.make_dir(folder)  # raises the explanation (read-only working directory, ...)
     return True
+
+
+def claim_new_experiment(exp_id: str | int | None, taken_hint: str) -> str | int:
+    """Create the folder of a new experiment atomically and return its id.
+
+    ``exp_id`` None picks a fresh random id. A given id whose folder exists (an older experiment, or
+    another run started at the same moment) stops with ``taken_hint``.
+    """
+    rng = random.SystemRandom()
+    while True:
+        candidate = rng.randint(0, 100000) if exp_id is None else exp_id
+        folder = paths.experiment_dir(candidate)
+        if claim_new(folder):
+            return candidate
+        if exp_id is not None:
+            raise LibTrafficError(f"Experiment folder {folder} already exists; {taken_hint}")
 
 
 @contextmanager

@@ -47,17 +47,3 @@ def find_json_file(name: str, what: str, hint: str = "") -> Path:
         f"{what} '{name}' not found: looked for {', '.join(str(c.resolve()) for c in candidates)}. "
         f"Give the file name without .json (found in the working directory) or a path to it.{hint}"
     )
-
-
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write text (UTF-8) or bytes to ``path`` atomically (temp file + rename); creates the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-    tmp.replace(path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically (temp file + rename)."""
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -6,7 +6,6 @@ import datetime
 import logging
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from libtraffic.utils import paths
@@ -37,9 +36,3 @@ def get_logger(config: Mapping[str, Any], name: str = "libtraffic") -> logging.L
     logger.info("Log file: %s", log_file)
     return logger
 
-
-def log_file_of(logger: logging.Logger) -> Path | None:
-    for handler in logger.handlers:
-        if isinstance(handler, logging.FileHandler):
-            return Path(handler.baseFilename)
-    return None

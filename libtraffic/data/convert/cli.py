@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from libtraffic.data.atomic_write import check_dataset_name
+from libtraffic.data.atomic_writer import check_dataset_name
 from libtraffic.data.convert import dcrnn, pems
 from libtraffic.data.convert.output import Converted, check_target, summary, target_folder, write_dataset
 from libtraffic.utils.errors import LibTrafficError

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from libtraffic.data.atomic_write import DISTANCE_KERNEL
+from libtraffic.data.atomic_writer import DISTANCE_KERNEL
 from libtraffic.data.convert.adj_pickle import read_adj_pickle
 from libtraffic.data.convert.output import Converted
 from libtraffic.data.convert.readers import (

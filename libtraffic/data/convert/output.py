@@ -19,8 +19,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from libtraffic.data.atomic_write import (
-    dataset_config, dyna_chunks, geo_text, number_texts, rel_text, time_texts, write_atomically,
+from libtraffic.utils.safe_write import write_atomically
+from libtraffic.data.atomic_writer import (
+    dataset_config, dyna_chunks, geo_text, number_texts, rel_text, time_texts,
 )
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError

@@ -23,21 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import ray
+import torch
 
 from libtraffic.config import ConfigParser
-from libtraffic.data import get_dataset
-from libtraffic.data.prepared import PreparedData, RawData, prepared_for
-from libtraffic.executor import get_executor
-from libtraffic.model import get_model
-from libtraffic.pipeline.trial import trial_config
-from libtraffic.utils import paths
+from libtraffic.data.prepared import PreparedData, RawData
+from libtraffic.pipeline.build import build_run
+from libtraffic.report.tables import mean_std_frame
+from libtraffic.results import TrialRecord
+from libtraffic.tune.context import trial_config
+from libtraffic.tune.records import error_text
 from libtraffic.utils.errors import LibTrafficError
-from libtraffic.utils.jsonio import load_json, write_json
-from libtraffic.utils.seed import derive_seed, set_random_seed
+from libtraffic.utils.jsonio import load_json
+from libtraffic.utils.safe_write import write_json
+from libtraffic.utils.seed import derive_seed
 
 
 FINAL_STREAM = 7  # the last number of a final run's seed index: non-zero, so no trial index gives the same seed
-RUNS_FILE = "hyper_tune_final_runs.json"  # the finished final runs, in the experiment folder
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,9 @@ class FinalRun:
     seed: int
 
 
-def plan(records: list, top: int, runs: int, base_seed: int) -> list[FinalRun]:
+def plan(records: list[TrialRecord], top: int, runs: int, base_seed: int) -> list[FinalRun]:
     """K runs for each of the ``top`` best finished trials (records come best first)."""
-    finished = [r for r in records if r.status != "ERROR" and r.epochs_run][:top]
+    finished = [r for r in records if r.finished][:top]
     return [FinalRun(rank, r.trial_id, r.config, derive_seed(base_seed, rank, k, FINAL_STREAM))
             for rank, r in enumerate(finished) for k in range(runs)]
 
@@ -58,19 +60,13 @@ def plan(records: list, top: int, runs: int, base_seed: int) -> list[FinalRun]:
 def train_and_test(sampled: dict[str, Any], seed: int, base_config: ConfigParser, shared: PreparedData | RawData,
                    threads: int) -> dict[str, float]:
     """One run (on a Ray actor, _Runner): train with ``seed``, keep the best epoch by validation, score the test split."""
-    import torch
-
     torch.set_num_threads(threads)
-    config = trial_config(base_config, sampled, seed)
-    set_random_seed(seed)
-    dataset = get_dataset(config, prepared_for(shared, config))
-    train_data, valid_data, test_data = dataset.get_data()
-    data_feature = dataset.get_data_feature()
-    executor = get_executor(config, get_model(config, data_feature), data_feature)
-    executor.train(train_data, valid_data)
+    run = build_run(trial_config(base_config, sampled, seed), shared)
+    executor = run.executor
+    executor.train(run.train_data, run.valid_data)
     if executor.best_state is not None:  # the best epoch by validation, whatever load_best_epoch says
         executor.model.load_state_dict(executor.best_state["model_state_dict"])
-    return executor.score(test_data)
+    return executor.score(run.test_data)
 
 
 def describe(seeds: int, top: int, trials: int) -> str:
@@ -80,10 +76,6 @@ def describe(seeds: int, top: int, trials: int) -> str:
         return f"then --final_seeds {seeds} x --final_top {top} = {seeds * top} final run(s) {what}"
     return (f"then --final_seeds {seeds} x {trials} configuration(s) = {seeds * trials} final run(s) {what}; "
             f"--final_top {top} asks for more configurations than there are trials")
-
-
-def runs_file(exp_id: str | int) -> Path:
-    return paths.experiment_dir(exp_id) / RUNS_FILE
 
 
 def _key(trial_id: str, config: dict[str, Any], seed: int) -> str:
@@ -140,8 +132,6 @@ class _Runners:
     about to return can abort the driver in Ray 2.x, "Tried to complete task that was not pending".)"""
 
     def __init__(self, count: int, cpus: int, gpus: float) -> None:
-        import ray
-
         self._actor = ray.remote(_Runner).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0)
         self.idle = [self._actor.remote() for _ in range(count)]
         self._all = list(self.idle)
@@ -153,8 +143,6 @@ class _Runners:
         return runner
 
     def end(self) -> None:
-        import ray
-
         for runner in self._all:
             ray.kill(runner)
 
@@ -172,8 +160,6 @@ def run_all(runs: list[FinalRun], base_config: ConfigParser, shared: PreparedDat
     """Run every planned run not in ``finished`` on the connected Ray session, saving each in ``finished``;
     returns the results file's final_seeds entries ({"trial_id", "config", "runs": [{"seed", "test"} or
     {"seed", "error"}]}), best configuration first, runs in plan order."""
-    import ray
-
     done = {i: outcome for i, run in enumerate(runs) if (outcome := finished.reusable(run)) is not None}
     if done:
         logger.info("Reusing %d of %d final run(s) finished before the interruption (%s); running the other %d",
@@ -211,10 +197,6 @@ def _drain(runs: list[FinalRun], todo: list[int], runners: _Runners, submit, don
            finished: FinishedRuns, logger: logging.Logger) -> None:
     """Keep every runner busy with the runs of ``todo`` (plan indices) until all returned, saving each outcome
     in ``done`` and ``finished``. A Ctrl-C ends with the resume hint, saying what is kept."""
-    import ray
-
-    from libtraffic.pipeline.tune_report import error_text
-
     pending: dict[Any, tuple[int, Any, float]] = {}
     try:
         while todo or pending:
@@ -241,8 +223,6 @@ def _drain(runs: list[FinalRun], todo: list[int], runners: _Runners, submit, don
 
 def summary(entries: list[dict[str, Any]]) -> str:
     """The terminal table: per configuration, test metrics per horizon as mean ± std over its runs."""
-    from libtraffic.report.tables import mean_std_frame
-
     parts = []
     for rank, entry in enumerate(entries, 1):
         ok = [run for run in entry["runs"] if "test" in run]

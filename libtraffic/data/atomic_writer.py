@@ -10,9 +10,7 @@ written as an empty field (a missing reading).
 from __future__ import annotations
 
 import json
-import os
-import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,14 +167,3 @@ def dataset_config(name: str, data_col: Sequence[str], weight_col: str, time_int
     }
 
 
-def write_atomically(path: Path, chunks: Iterable[bytes | np.ndarray]) -> None:
-    """Write to a temporary file next to ``path``, then rename: never a half-written ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

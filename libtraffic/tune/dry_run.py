@@ -19,9 +19,10 @@ import numpy as np
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS, PreparedData
-from libtraffic.executor import get_executor
-from libtraffic.model import get_model
-from libtraffic.pipeline.search_space import SearchSpace
+from libtraffic.pipeline.build import build_run
+from libtraffic.tune.context import TuneRun
+from libtraffic.tune.final_runs import describe as describe_final_runs
+from libtraffic.tune.spaces import SearchSpace
 from libtraffic.utils.errors import LibTrafficError
 
 # What building a component with a bad value raises: user mistakes, and the errors PyTorch
@@ -66,11 +67,11 @@ class _Builder:
         self.prepared: dict[str, PreparedData | BaseException] = {}
         self.logger = logging.getLogger("libtraffic.dry_run")
 
-    def _prepare(self, trial: ConfigParser, dataset) -> PreparedData:
+    def _prepare(self, trial: ConfigParser) -> PreparedData:
         key = repr([trial[k] for k in DATA_KEYS])
         if key not in self.prepared:
             try:
-                self.prepared[key] = dataset.prepare()
+                self.prepared[key] = get_dataset(trial).prepare()  # checks the data settings first
             except _BUILD_ERRORS as err:
                 self.prepared[key] = err
         found = self.prepared[key]
@@ -80,11 +81,7 @@ class _Builder:
 
     def build(self, sampled: dict[str, Any]) -> None:
         trial = self.config.with_overrides(sampled)
-        dataset = get_dataset(trial)
-        dataset.prepared = self._prepare(trial, dataset)
-        dataset.get_data()
-        data_feature = dataset.get_data_feature()
-        get_executor(trial, get_model(trial, data_feature), data_feature, self.logger)
+        build_run(trial, self._prepare(trial), self.logger)
 
 
 def check_space(config: ConfigParser, space: SearchSpace, seed: int, extra: Callable[[], None] | None = None) -> int:
@@ -116,3 +113,22 @@ def check_space(config: ConfigParser, space: SearchSpace, seed: int, extra: Call
             + "\nFix the space file, the flags or the dataset, then run again."
         )
     return built
+
+
+def dry_run(run: TuneRun, check_exp_id: Callable[[], None]) -> None:
+    """--dry_run: print a few sampled configurations, then build every corner of the space and check the
+    experiment id (``check_exp_id`` raises); all problems are reported together. Nothing is written."""
+    config, space, options = run.config, run.space, run.options
+    rng = np.random.default_rng(config["seed"])
+    trials = run.expected_trials
+    finals = f", {describe_final_runs(options.final_seeds, options.final_top, trials)}" if options.final_seeds else ""
+    print(f"Dry run: space file {space.path} is valid for --search_alg {options.search_alg}; "
+          f"{trials} trial(s) would run{finals}. Sampled configurations:")
+    for i, sampled in enumerate(space.sample(rng, min(trials, 5))):
+        trial = config.with_overrides(sampled)
+        shown = {k: trial[k] for k in ("model", "dataset", "hidden_size", "num_layers", "dropout", "learning_rate",
+                                       "max_epoch", "batch_size", "input_window", "output_window", "scaler") if k in trial}
+        print(f"  [{i}] sampled {sampled}\n      resolved {shown | sampled}")
+    built = check_space(config, space, config["seed"], check_exp_id)
+    print(f"Dry run: built the dataset, model, optimiser, LR scheduler and evaluator of {built} configuration(s) "
+          "(a base sample and every corner of each entry): no problem found. Nothing was trained.")

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from libtraffic.utils.errors import LibTrafficError
+from libtraffic.utils.values import plain
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class DynaArrays:
 
 def _shown(value) -> str:
     """A value from a file for a message: strings quoted, NumPy scalars as plain numbers (not np.int64(7))."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
+    return repr(plain(value))
 
 
 def _read_csv(path: Path, usecols: list[str] | None = None) -> pd.DataFrame:

@@ -18,16 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from libtraffic.config import ConfigParser
+from libtraffic.results import SETTINGS_FILE, read_settings
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
-from libtraffic.utils.jsonio import load_json, write_json
-
-SETTINGS_FILE = "hyper_tune_experiment.json"
+from libtraffic.utils.safe_write import write_json
 # Settings a resume must repeat (the search space is compared by content, not by file path).
 COMPARED = ("task", "model", "dataset", "space", "search_alg", "scheduler", "num_samples", "max_concurrent",
             "cpu_per_trial", "gpu_per_trial", "seed", "time_budget_s", "metric", "fixed")
-# What a setting was before it was recorded (experiments started by an older version).
-_UNRECORDED = {"metric": "loss"}
 # Fixed config keys that change neither the trials nor their results.
 RESUME_MAY_CHANGE = frozenset({"log_level"})
 # Config keys recorded on their own (or not at all) rather than in "fixed".
@@ -81,8 +78,8 @@ def resume_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> lis
             if stored.get("space") != new["space"]:
                 lines.append(f"search space: stored {json.dumps(stored.get('space'))} (from {stored.get('space_file')}), "
                              f"now {json.dumps(new['space'])} (from {new['space_file']})")
-        elif stored.get(key, _UNRECORDED.get(key)) != new[key]:
-            lines.append(f"--{key}: stored {json.dumps(stored.get(key, _UNRECORDED.get(key)))}, now {json.dumps(new[key])}")
+        elif stored.get(key) != new[key]:
+            lines.append(f"--{key}: stored {json.dumps(stored.get(key))}, now {json.dumps(new[key])}")
     return lines
 
 
@@ -91,11 +88,12 @@ def _shown(values: Mapping[str, Any], name: str) -> str:
 
 
 def check_resume(new: Mapping[str, Any]) -> bool:
-    """Refuse a resume whose settings differ from the stored ones; False if nothing was stored."""
+    """Refuse a resume whose settings differ from the stored ones; False if this machine has no settings
+    file of the experiment (it started on another machine, with a shared --storage_path)."""
     path = settings_file(new["exp_id"])
-    if not path.is_file():
+    stored = read_settings(path.parent)
+    if stored is None:
         return False
-    stored = load_json(path, "experiment settings file")
     differences = resume_differences(stored, new)
     if differences:
         raise LibTrafficError(

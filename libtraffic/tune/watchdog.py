@@ -1,6 +1,6 @@
 """Ends a hyper_tune driver's private Ray processes when the driver dies without ending them.
 
-    python -m libtraffic.pipeline.watchdog DRIVER_PID      (stdin: a pipe the driver holds open)
+    python -m libtraffic.tune.watchdog DRIVER_PID      (stdin: a pipe the driver holds open)
 
 While the driver lives, its process tree is recorded every second. When the pipe closes (the
 driver ended its Ray session and exited, or was killed with kill -9) every recorded process still

@@ -1,5 +1,5 @@
-"""The Ray side of hyper_tune: joining a cluster or starting a private instance, the trials'
-runtime environment, the cluster's resources, where the experiment lives, and Ctrl-C.
+"""The Ray session of hyper_tune: joining a cluster or starting a private instance, the trials'
+runtime environment, the cluster's resources and where the experiment lives.
 
 Only Ray's public API is used. A Ray session that was running before hyper_parameter() was called
 belongs to the caller and is left running.
@@ -20,9 +20,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 import torch
-from ray.tune import Callback
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from libtraffic.tune import ray_private
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 
@@ -95,7 +97,6 @@ class Session:
     def end(self) -> None:
         """Disconnect (and end a private instance); a Ctrl-C meanwhile is ignored: an interrupted
         ray.shutdown() leaves the process to exit with code 1 instead of our 130 and hint."""
-        import ray
 
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
@@ -134,10 +135,10 @@ def _check_reachable(address: str) -> None:
 
 def connect(address: str | None, threads: int, storage: str) -> Session:
     """Join the cluster at ``address`` (or RAY_ADDRESS), else start a private local instance."""
-    import ray
 
     _quiet_environment()
     quiet_exit_in_callbacks()
+    ray_private.quiet_ray_loggers()
     if ray.is_initialized():
         return Session(owned=False, address=ray.get_runtime_context().gcs_address)
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -150,9 +151,6 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
     kwargs = dict(runtime_env=env, include_dashboard=False, logging_level=logging.WARNING,
                   log_to_driver=False, configure_logging=True)
     if address is None:
-        # Ray enables token authentication on a new local instance and warns that it did so; the
-        # instance is private to this run, so its default stays and the warning goes.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         kwargs |= dict(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count())
     else:
         kwargs["address"] = address
@@ -168,14 +166,13 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
 
 def _start_watchdog() -> subprocess.Popen:
     """A process that ends this driver's private Ray processes if the driver dies (kill -9)."""
-    return subprocess.Popen([sys.executable, "-m", "libtraffic.pipeline.watchdog", str(os.getpid())],
+    return subprocess.Popen([sys.executable, "-m", "libtraffic.tune.watchdog", str(os.getpid())],
                             stdin=subprocess.PIPE, start_new_session=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                 filter(None, [str(paths.PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")]))})
 
 
 def _alive_nodes() -> list[dict]:
-    import ray
 
     return [node for node in ray.nodes() if node.get("Alive")]
 
@@ -186,7 +183,6 @@ def multi_node() -> bool:
 
 def check_resources(session: Session, cpu_per_trial: int, gpu_per_trial: float | None) -> float:
     """GPUs per trial (default 1 if the cluster has a GPU); fails fast if no node fits a trial."""
-    import ray
 
     gpus = ray.cluster_resources().get("GPU", 0)
     gpu = gpu_per_trial if gpu_per_trial is not None else (1 if gpus else 0)
@@ -207,8 +203,6 @@ def _sees(marker: str) -> bool:
 
 def check_storage_shared(session: Session, storage: str) -> None:
     """On a cluster of several nodes, a local --storage_path must be visible from every node."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
     others = [node for node in _alive_nodes() if node["NodeID"] != here]
@@ -250,64 +244,3 @@ def quiet_exit_in_callbacks() -> None:
 
     hook._libtraffic = True
     sys.unraisablehook = hook
-
-
-def interrupt_hint(exp_id: str | int) -> str:
-    return f"Interrupted: finished trials are kept. Continue with the same command plus --resume --exp_id {exp_id}."
-
-
-class CtrlC:
-    """Ctrl-C while tuning. Inside Tuner.fit() the first asks Ray Tune to stop after saving the
-    experiment state, the second stops at once; elsewhere (Ray start-up, shutdown, the end of the
-    run) it stops at once. Every way ends with our resume hint, not Ray's; this works with
-    TUNE_DISABLE_SIGINT_HANDLER=1 too. A context manager: the previous handler is put back on exit.
-
-    Whether a run was interrupted is read from the trial states afterwards (``unfinished``).
-    """
-
-    def __init__(self, exp_id: str | int) -> None:
-        self.hint = interrupt_hint(exp_id)
-        self._previous = None
-
-    def __enter__(self) -> "CtrlC":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self.at_once)  # Ray Tune restores it after its stop
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def __getstate__(self) -> dict:  # Ray Tune pickles its callbacks with the experiment
-        return {"hint": self.hint, "_previous": None}
-
-    def at_once(self, signum, frame) -> None:
-        raise KeyboardInterrupt(self.hint)
-
-    def first(self, signum, frame) -> None:
-        print("\nCtrl-C: stopping after saving the experiment state (Ctrl-C again to quit at once).",
-              file=sys.stderr, flush=True)
-        signal.signal(signal.SIGINT, self.at_once)
-        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
-            raise KeyboardInterrupt(self.hint)  # Ray Tune is not listening: stop at once
-        signal.raise_signal(signal.SIGUSR1)  # Ray Tune's request to end a run gracefully
-
-    def callback(self) -> Callback:
-        return _InstallCtrlC(self)
-
-
-class _InstallCtrlC(Callback):
-    """Installs CtrlC.first once Tuner.fit() has set up Ray Tune's own signal handling."""
-
-    def __init__(self, ctrl_c: CtrlC) -> None:
-        self.ctrl_c = ctrl_c
-
-    def setup(self, **info) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self.ctrl_c.first)
-
-
-def unfinished(results, expected_trials: int) -> bool:
-    """Trials still pending or running, or fewer trials than the search would create."""
-    done = results.num_terminated + results.num_errors
-    return done < len(results) or len(results) < expected_trials

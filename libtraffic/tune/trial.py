@@ -1,8 +1,7 @@
-"""One tuning trial: the function trainable Ray Tune runs (Ray imports live in pipeline/ only)."""
+"""One tuning trial: the function trainable Ray Tune runs."""
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,12 +13,12 @@ import torch
 from ray import tune
 
 from libtraffic.config import ConfigParser
-from libtraffic.data import get_dataset
-from libtraffic.data.prepared import PreparedData, RawData, prepared_for
-from libtraffic.executor import get_executor
-from libtraffic.model import get_model
-from libtraffic.pipeline.ray_session import quiet_exit_in_callbacks
-from libtraffic.utils.seed import derive_seed, set_random_seed
+from libtraffic.data.prepared import PreparedData, RawData
+from libtraffic.pipeline.build import build_run
+from libtraffic.tune import ray_private
+from libtraffic.tune.context import trial_config
+from libtraffic.tune.session import quiet_exit_in_callbacks
+from libtraffic.utils.seed import derive_seed
 
 CHECKPOINT_FILE = "state.pt"
 TRIAL_DIR_PREFIX = "trial_"
@@ -32,15 +31,9 @@ class TrialSettings:
 
 
 def trial_dirname(trial) -> str:
-    """Our name for a trial's folder, 'trial_<index>' (Ray's trial_dirname_creator).
-
-    The index is the creation counter Ray's search generators start the trial's experiment tag
-    with ('3_hidden_size=8'): the same on every run and resume, so seeds derived from it repeat.
-    """
-    index, _, _ = str(trial.experiment_tag).partition("_")
-    if not index.isdigit():
-        raise ValueError(f"Trial {trial} has no creation index in its experiment tag {trial.experiment_tag!r}.")
-    return f"{TRIAL_DIR_PREFIX}{int(index):05d}"
+    """Our name for a trial's folder, 'trial_<creation index>' (Ray's trial_dirname_creator): the same on
+    every run and resume, so seeds derived from it repeat."""
+    return f"{TRIAL_DIR_PREFIX}{ray_private.creation_index(trial):05d}"
 
 
 def trial_index(context) -> int:
@@ -48,9 +41,9 @@ def trial_index(context) -> int:
     return int(Path(context.get_trial_dir()).name.removeprefix(TRIAL_DIR_PREFIX))
 
 
-def trial_config(base: ConfigParser, sampled: dict[str, Any], seed: int) -> ConfigParser:
-    """A fresh config for one trial: sampled values on top, its own seed; base is untouched."""
-    return base.with_overrides({**sampled, "seed": seed}, source="search space")
+def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The executor state a trial checkpoint holds (tensors and plain values only: no code runs)."""
+    return torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
 
 
 def train_trial(sampled: dict[str, Any], base_config: ConfigParser, shared: PreparedData | RawData,
@@ -68,19 +61,16 @@ def train_trial(sampled: dict[str, Any], base_config: ConfigParser, shared: Prep
     started = time.time()  # the report orders the optimisation history by it (a resumed trial keeps its first)
     torch.set_num_threads(settings.threads)
     quiet_exit_in_callbacks()
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint otherwise
+    ray_private.quiet_ray_loggers()
     seed = derive_seed(settings.base_seed, trial_index(tune.get_context()))
     config = trial_config(base_config, sampled, seed)
-    set_random_seed(seed)
-    dataset = get_dataset(config, prepared_for(shared, config))
+    run = build_run(config, shared)
+    executor = run.executor
     node = ray.get_runtime_context().get_node_id()
-    train_data, valid_data, _ = dataset.get_data()
-    data_feature = dataset.get_data_feature()
-    executor = get_executor(config, get_model(config, data_feature), data_feature)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            executor.load_state(torch.load(Path(folder) / CHECKPOINT_FILE, map_location=executor.device, weights_only=False))
+            executor.load_state(load_checkpoint(folder, executor.device))
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         row = {**metrics, "epoch": epoch, "best_loss": executor.best_val_loss, "best_value": executor.best_value,
@@ -93,4 +83,4 @@ def train_trial(sampled: dict[str, Any], base_config: ConfigParser, shared: Prep
             torch.save(executor.state(epoch), Path(folder) / CHECKPOINT_FILE)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    executor.train(train_data, valid_data, hooks=[report])
+    executor.train(run.train_data, run.valid_data, hooks=[report])

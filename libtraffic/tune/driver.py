@@ -1,0 +1,277 @@
+"""hyper_parameter: LibCity's hyper_tune.py on Ray Tune 2.x (Tuner API).
+
+The dataset is prepared once here in the driver (or, when the space tunes data settings, its raw
+arrays are read once) and handed to every trial through Ray's object store (tune.with_parameters),
+so trials open no file and run on any node of a cluster (session.py). Each trial trains one
+sampled configuration (trial.py) and reports its validation loss as ``loss`` (and the --metric
+that ranks trials, when it is an evaluator metric) every epoch, so ASHA / MedianStoppingRule can
+stop it early by that metric.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ray import tune
+
+from libtraffic.config import ConfigParser
+from libtraffic.data import get_dataset
+from libtraffic.data.prepared import DATA_KEYS, RAW_KEYS, PreparedData, RawData, read_raw
+from libtraffic.tune import final_runs, session, settings
+from libtraffic.tune.context import TuneRun
+from libtraffic.tune.dry_run import dry_run
+from libtraffic.tune.finish import finish, save_interrupted
+from libtraffic.tune.interrupt import CtrlC, unfinished
+from libtraffic.tune.options import TuneOptions
+from libtraffic.tune.records import collect_records
+from libtraffic.tune.searchers import SCHEDULERS, SEARCHERS
+from libtraffic.tune.spaces import load_search_space
+from libtraffic.tune.trial import TrialSettings, train_trial, trial_dirname
+from libtraffic.results import FINAL_RUNS_FILE
+from libtraffic.utils import experiment_lock, paths
+from libtraffic.utils.cli import default_names
+from libtraffic.utils.device import set_threads
+from libtraffic.utils.errors import LibTrafficError
+from libtraffic.utils.logger import get_logger
+from libtraffic.utils.registry import lookup
+
+# Keys a space file may not name: they choose what runs, or are set per trial.
+FIXED_KEYS = {"task", "model", "dataset", "exp_id", "seed", "dataset_class", "executor", "evaluator",
+              "hyper_tune", "train", "saved_model", "epoch", "gpu", "gpu_id", "best_metric"}
+
+
+def hyper_parameter(task: str | None = None, model_name: str | None = None, dataset_name: str | None = None,
+                    config_file: str | None = None, space_file: str | None = None, scheduler: str | None = None,
+                    search_alg: str | None = None, other_args: Mapping[str, Any] | None = None,
+                    **options: Any) -> dict[str, Any] | None:
+    """Tune the model named by ``model_name`` over ``space_file``; returns the best trial's summary
+    (None for a dry run).
+
+    The arguments are LibCity's; ``options`` are the other fields of TuneOptions (num_samples,
+    max_concurrent, cpu_per_trial, gpu_per_trial, resume, dry_run, time_budget_s, ray_address,
+    storage_path, metric, final_seeds, final_top), whose defaults apply to those not given.
+    """
+    opts = TuneOptions.from_arguments({"space_file": space_file, "scheduler": scheduler, "search_alg": search_alg,
+                                       **options})
+    config = ConfigParser(*default_names(task, model_name, dataset_name), config_file, other_args=other_args)
+    tuned = {"hyper_tune": True, **({} if opts.metric is None else {"best_metric": opts.metric})}
+    config = config.with_overrides(tuned, source="hyper_tune")
+    lookup(SEARCHERS, opts.search_alg, "search_alg", where="--search_alg")
+    lookup(SCHEDULERS, opts.scheduler, "scheduler", where="--scheduler")
+    opts.check()
+    space = load_search_space(opts.space_file, config, opts.search_alg)
+    fixed = sorted(FIXED_KEYS & set(space.entries))
+    if fixed:
+        raise LibTrafficError(f"{space.path}: '{fixed[0]}' cannot be tuned; set it with --{fixed[0]} instead.")
+    run = TuneRun(config, space, opts, session.storage_root(opts.storage_path), frozenset(other_args or {}))
+    if config["exp_id"] is None and opts.resume:
+        raise LibTrafficError("--resume needs the --exp_id of the experiment to continue.")
+    if opts.dry_run:
+        return dry_run(run, lambda: _check_exp_id_for_dry_run(run))
+    run.config = config.with_overrides({"exp_id": _claim_experiment(run)}, source="new experiment")
+    record = _settings(run)
+    # A new run that fails before Ray starts leaves no experiment behind (its --exp_id stays free).
+    with experiment_lock.using(run.folder,
+                               discard_on_failure=lambda: not (opts.resume or session.experiment_exists(run.storage, str(run.exp_id))),
+                               disposable=frozenset({experiment_lock.LOCK_FILE, settings.SETTINGS_FILE})):
+        checked = opts.resume and settings.check_resume(record)
+        if not opts.resume:
+            settings.write_settings(record)
+        return _tune(run, settings_checked=checked or not opts.resume)
+
+
+def _settings(run: TuneRun) -> dict[str, Any]:
+    """The experiment's record (hyper_tune_experiment.json), compared on --resume."""
+    o = run.options
+    options = {"search_alg": o.search_alg, "scheduler": o.scheduler, "num_samples": o.num_samples,
+               "max_concurrent": o.max_concurrent, "cpu_per_trial": o.cpu_per_trial,
+               "gpu_per_trial": o.gpu_per_trial, "time_budget_s": o.time_budget_s, "metric": run.ranking.name,
+               "final_seeds": o.final_seeds, "final_top": o.final_top}
+    return settings.experiment_settings(run.config, run.space.path, run.space.entries, options, set(run.cli_keys))
+
+
+def _refuse_existing(run: TuneRun) -> None:
+    """A new tuning run may not reuse an experiment id; the message names the folder that exists."""
+    exp_id = run.exp_id
+    if session.experiment_exists(run.storage, str(exp_id)):
+        raise LibTrafficError(f"Experiment {exp_id} already exists ({run.ray_folder}). Continue it with --resume "
+                              f"--exp_id {exp_id}, or choose a new --exp_id.")
+    if run.folder.exists():
+        kind = ("a tuning experiment whose Ray folder is gone" if settings.settings_file(exp_id).is_file()
+                else "a run_model.py experiment")
+        raise LibTrafficError(f"Experiment folder {run.folder} already exists ({kind}: there is no {run.ray_folder}, "
+                              "so --resume cannot continue it). Choose a new --exp_id.")
+
+
+def _check_resumable(run: TuneRun) -> None:
+    paths.experiment_dir(run.exp_id)  # raises for an id that is not a plain folder name
+    if not session.experiment_exists(run.storage, str(run.exp_id)):
+        raise LibTrafficError(f"--resume: no experiment {run.ray_folder} to continue; check --exp_id. "
+                              f"Experiments are looked for under --storage_path ({run.storage}).")
+
+
+def _check_exp_id_for_dry_run(run: TuneRun) -> None:
+    if run.exp_id is None:
+        return
+    if not run.options.resume:
+        _refuse_existing(run)
+        return
+    _check_resumable(run)
+    if not settings.check_resume(_settings(run)):
+        print(f"Note: experiment {run.exp_id} has no {settings.SETTINGS_FILE} here; its settings cannot be compared.")
+
+
+def _claim_experiment(run: TuneRun) -> str | int:
+    """Check (resume) or atomically create (new run) the experiment of config['exp_id'] and return its id.
+    A new run without --exp_id gets a fresh random id."""
+    if run.options.resume:
+        _check_resumable(run)
+        paths.make_dir(run.folder)
+        return run.exp_id
+    if run.exp_id is not None:
+        _refuse_existing(run)
+    exp_id = experiment_lock.claim_new_experiment(
+        run.exp_id, "another run took this --exp_id a moment ago; choose a new --exp_id.")
+    if session.experiment_exists(run.storage, str(exp_id)):
+        raise LibTrafficError(f"Ray's experiment folder {run.storage}/{exp_id} already exists; choose a new --exp_id.")
+    return exp_id
+
+
+def _tune(run: TuneRun, settings_checked: bool) -> dict[str, Any]:
+    """Prepare the data once, run Ray Tune, report; the experiment folder is claimed and locked."""
+    config, opts = run.config, run.options
+    run.logger = get_logger(config)
+    run.logger.info("Begin hyperparameter tuning: task=%s, model=%s, dataset=%s, exp_id=%s, search_alg=%s, "
+                    "scheduler=%s", config["task"], config["model"], config["dataset"], run.exp_id, opts.search_alg,
+                    opts.scheduler)
+    if not settings_checked:
+        run.logger.warning("Experiment %s has no %s on this machine (it started elsewhere, with this --storage_path?): "
+                           "its settings cannot be compared with this command's.", run.exp_id, settings.SETTINGS_FILE)
+    config.log_sources(run.logger)
+    set_threads(config, run.logger)  # the driver's data preparation and final test evaluation
+    _log_overrides(run)
+    run.shared = _shared_data(run)
+    start = time.perf_counter()
+    # From here a Ctrl-C ends with how to resume (a second one during Ray's graceful stop too).
+    with CtrlC(run.exp_id) as ctrl_c:
+        results, finals = _run_ray(run, ctrl_c)
+        return finish(run, results, time.perf_counter() - start, finals)
+
+
+def _log_overrides(run: TuneRun) -> None:
+    for key in run.space.entries:
+        source = run.config.sources.get(key, "")
+        message = "Search space overrides %s = %r (from %s)"
+        if source == "command line" or source.startswith("config file"):
+            run.logger.warning(message, key, run.config[key], source)
+        else:
+            run.logger.info(message, key, run.config[key], source)
+
+
+def _shared_data(run: TuneRun) -> PreparedData | RawData:
+    """What every trial receives through Ray's object store: prepared data, or the raw arrays when
+    the space tunes data settings (each trial then cuts and scales its own windows)."""
+    raw_tuned = sorted(set(run.space.entries) & set(RAW_KEYS))
+    if raw_tuned:
+        raise LibTrafficError(
+            f"{run.space.path}: '{raw_tuned[0]}' chooses which files or columns are read and cannot be tuned (trials "
+            "receive the data read once by this process). Run one experiment per value instead."
+        )
+    data_tuned = sorted(set(run.space.entries) & set(DATA_KEYS))
+    if data_tuned:
+        raw = read_raw(run.config)
+        run.logger.info("The space tunes data settings (%s): read the raw data once (%s), shared with every trial, "
+                        "which cuts and scales its own windows", ", ".join(data_tuned), raw.data.shape)
+        return raw
+    prepared = get_dataset(run.config).prepare()
+    run.logger.info("Prepared data once in the driver: %s, shared with every trial", prepared.data.shape)
+    return prepared
+
+
+def progress_reporter(run: TuneRun) -> tune.CLIReporter:
+    metric = run.ranking.name
+    chosen = {} if metric == "loss" else {metric: metric, "best_value": f"best {metric}"}
+    return tune.CLIReporter(parameter_columns=list(run.space.entries),
+                            metric_columns={"epoch": "epoch", "loss": "loss", "best_loss": "best loss", **chosen},
+                            max_report_frequency=30, sort_by_metric=True)
+
+
+def _run_ray(run: TuneRun, ctrl_c: CtrlC):
+    opts = run.options
+    ray_session = session.connect(opts.ray_address, opts.cpu_per_trial, run.storage)
+    try:
+        gpus = session.check_resources(ray_session, opts.cpu_per_trial, opts.gpu_per_trial)
+        session.check_storage_shared(ray_session, run.storage)
+        trial_settings = TrialSettings(base_seed=run.config["seed"], threads=opts.cpu_per_trial)
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, base_config=run.config, shared=run.shared, settings=trial_settings),
+            {"cpu": opts.cpu_per_trial, "gpu": gpus},
+        )
+        tuner = _tuner(run, trainable, ctrl_c)
+        start = time.monotonic()
+        results = tuner.fit()
+        budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
+        if not budget_spent and unfinished(results, run.expected_trials):
+            save_interrupted(run, collect_records(results, run.ranking))
+            raise KeyboardInterrupt(ctrl_c.hint)
+        finals = _final_runs(run, results, gpus)
+    finally:
+        ray_session.end()
+    return results, finals
+
+
+def _final_runs(run: TuneRun, results, gpus: float) -> list[dict[str, Any]]:
+    """--final_seeds: the best configurations retrained with fresh seeds on the same Ray session."""
+    opts = run.options
+    if not opts.final_seeds:
+        return []
+    records = collect_records(results, run.ranking)
+    runs = final_runs.plan(records, opts.final_top, opts.final_seeds, run.config["seed"])
+    if not runs:
+        return []  # no trial finished: finish() reports that
+    # Only a resume reads the runs an interrupted run finished; a new experiment's file starts empty.
+    finished = final_runs.FinishedRuns(run.folder / FINAL_RUNS_FILE, resume=opts.resume)
+    # Ray Tune's Ctrl-C handling ends with fit(): from here one Ctrl-C stops at once.
+    with CtrlC(run.exp_id):
+        try:
+            return final_runs.run_all(runs, run.config, run.shared, opts.cpu_per_trial, gpus, opts.max_concurrent,
+                                      run.logger, finished)
+        except final_runs.Interrupted as stop:
+            save_interrupted(run, records, stop.entries)
+            raise
+
+
+def _tuner(run: TuneRun, trainable, ctrl_c: CtrlC) -> tune.Tuner:
+    opts = run.options
+    if opts.resume:
+        run.logger.info("Resuming experiment %s", run.ray_folder)
+        return tune.Tuner.restore(run.ray_folder, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    best = run.ranking
+    searcher = SEARCHERS[opts.search_alg]
+    return tune.Tuner(
+        trainable,
+        param_space={} if searcher.own_space else run.space.param_space,
+        tune_config=tune.TuneConfig(
+            metric=best.name, mode=best.mode, search_alg=searcher.build(run),
+            scheduler=SCHEDULERS[opts.scheduler](run.max_t),
+            # A searcher given the space enumerates the grid itself: one trial per grid point and sample.
+            num_samples=run.expected_trials if searcher.own_space else opts.num_samples,
+            time_budget_s=opts.time_budget_s, trial_dirname_creator=trial_dirname,
+            # One machine: a finished trial's worker trains the next (no start-up per trial). On a
+            # cluster a reused worker would take the trial a new node's worker is starting for,
+            # leaving that node idle while its worker imports PyTorch.
+            reuse_actors=not session.multi_node(),
+        ),
+        run_config=tune.RunConfig(
+            name=str(run.exp_id), storage_path=run.storage,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=best.name,
+                                                    checkpoint_score_order=best.mode),
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            progress_reporter=progress_reporter(run),
+            callbacks=[ctrl_c.callback()],
+            verbose=1,
+        ),
+    )

@@ -1,0 +1,58 @@
+"""The few places where hyper_tune relies on Ray behaviour that Ray's public API does not offer.
+
+Each is kept here, small, with the reason; if a Ray upgrade changes one, this is the file to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+# Ray loggers quieted during a search, with why. Ray's public API has no switch for these messages.
+QUIET_LOGGERS = {
+    # A failed trial is listed with its error at the end and in the trial table (with its error
+    # file); Ray's full traceback dump per failure would bury the table.
+    "ray.tune.execution.tune_controller": logging.CRITICAL,
+    # Ray's warnings on Ctrl-C (its Tuner.restore hint) give way to ours (--resume --exp_id).
+    "ray.tune.tune": logging.ERROR,
+    # Reading the state of trials that never started warns about their missing results.
+    "ray.tune.analysis.experiment_analysis": logging.ERROR,
+    # One line per checkpoint a trial saves, in the trial's worker.
+    "ray.train._internal.storage": logging.WARNING,
+    # A new private local instance enables token authentication and says so; the instance is ours.
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+}
+
+
+def quiet_ray_loggers() -> None:
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def creation_index(trial) -> int:
+    """The running number Ray gave a trial when its searcher created it (0, 1, 2, ...; the same on every
+    run and resume of an experiment), read from the start of its experiment tag ('3_hidden_size=8').
+
+    Why: trial seeds must repeat across runs and resumes, so they derive from this number. Ray's public
+    Trial API has no creation counter, and a counter of our own would restart at 0 when Ray restores an
+    experiment; the tag is what Ray itself stores with each trial.
+    """
+    index, _, _ = str(trial.experiment_tag).partition("_")
+    if not index.isdigit():
+        raise ValueError(f"Trial {trial} has no creation index in its experiment tag {trial.experiment_tag!r}.")
+    return int(index)
+
+
+def tune_listens_for_stop() -> bool:
+    """Whether Ray Tune's fit() is running with its signal handling on (it is off with
+    TUNE_DISABLE_SIGINT_HANDLER=1, and outside fit()).
+
+    Why: a graceful stop (save the experiment state, then return from fit()) can only be requested
+    through the SIGUSR1 handler Ray Tune installs in fit(); Ray has no public call for it.
+    """
+    return signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+def request_graceful_stop() -> None:
+    """Ask Ray Tune's running fit() to stop after saving the experiment state (see tune_listens_for_stop)."""
+    signal.raise_signal(signal.SIGUSR1)
