@@ -17,7 +17,8 @@ from libtraffic.data.synthetic import BUILTIN_DATASETS, write_synthetic_dataset
 from libtraffic.pipeline import run_model
 from libtraffic.utils.errors import LibTrafficError
 
-MODELS = ("GRU", "LSTM")
+MODELS = ("GRU", "LSTM", "STID")
+PADDED = ("GRU", "STID")  # also scored on LibCity's padded test split
 EVALUATE = ["--task", "traffic_state_pred", "--dataset", "SYNTH_LA", "--train", "false"]
 
 
@@ -28,15 +29,17 @@ def _model_file(cwd: Path, exp_id: str, model: str, dataset: str = "SYNTH_LA") -
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """Each model's LibCity checkpoint evaluated by run_model.py in a fresh folder (which generates
-    SYNTH_LA), plus the GRU's with LibCity's padded scoring; all at once."""
+    SYNTH_LA), and again with LibCity's padded scoring in a second folder; all at once."""
     runs = {}
     for model in MODELS:
         cwd = tmp_path_factory.mktemp(model)
         libcity_ref.write_checkpoint(model, _model_file(cwd, "lc", model))
         runs[model] = (cwd, [*EVALUATE, "--model", model, "--exp_id", "lc"])
-    cwd = runs["GRU"][0]
-    libcity_ref.write_checkpoint("GRU", _model_file(cwd, "padded", "GRU"))
-    runs["GRU padded"] = (cwd, [*EVALUATE, "--model", "GRU", "--exp_id", "padded", "--eval_pad_with_last_sample", "true"])
+    for model in PADDED:
+        cwd = tmp_path_factory.mktemp(f"{model}_padded")
+        libcity_ref.write_checkpoint(model, _model_file(cwd, "padded", model))
+        runs[f"{model} padded"] = (cwd, [*EVALUATE, "--model", model, "--exp_id", "padded",
+                                         "--eval_pad_with_last_sample", "true"])
     results = run_clis(REPO_ROOT, list(runs.values()), timeout=300)
     return {name: (cwd, result) for (name, (cwd, _)), result in zip(runs.items(), results)}
 
@@ -64,12 +67,13 @@ def test_libcity_checkpoint_predicts_libcitys_predictions(evaluated: dict, model
     assert "records no settings: whether it was trained with this run's data settings" in result.stdout
 
 
-def test_libcity_checkpoint_scores_libcitys_metrics_when_padded(evaluated: dict) -> None:
+@pytest.mark.parametrize("model", PADDED)
+def test_libcity_checkpoint_scores_libcitys_metrics_when_padded(evaluated: dict, model: str) -> None:
     """With LibCity's padded test split, the metrics file is LibCity's (all horizons, all metrics)."""
-    cwd, result = evaluated["GRU padded"]
+    cwd, result = evaluated[f"{model} padded"]
     assert result.returncode == 0, result.stderr[-3000:]
     _, _, ours = _outputs(cwd, "padded")
-    libcity = pd.read_csv(libcity_ref.REFERENCE / "GRU" / "metrics_libcity_padded.csv")
+    libcity = pd.read_csv(libcity_ref.REFERENCE / model / "metrics_libcity_padded.csv")
     libcity.index = ours.index
     assert list(ours.columns) == list(libcity.columns)
     np.testing.assert_allclose(ours.to_numpy(), libcity.to_numpy(), rtol=1e-5)
