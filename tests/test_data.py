@@ -320,7 +320,7 @@ def test_cache_is_reused(hand: str, monkeypatch: pytest.MonkeyPatch, caplog: pyt
     key = cache_key(config, prepared_module._files(config))
     assert first.cache_key == key
     assert _cache_folders() == [f"HAND_{key}"]
-    assert sorted(p.name for p in (paths.dataset_cache_dir() / f"HAND_{key}").iterdir()) == ["adj_mx.npy", "data.npy", "meta.pkl"]
+    assert sorted(p.name for p in (paths.dataset_cache_dir() / f"HAND_{key}").iterdir()) == ["adj_mx.npy", "data.npy", "meta.json"]
 
     def no_build(*args, **kwargs):
         raise AssertionError("the cache should have been used")
@@ -332,6 +332,24 @@ def test_cache_is_reused(hand: str, monkeypatch: pytest.MonkeyPatch, caplog: pyt
     np.testing.assert_array_equal(second.data, first.data)
     np.testing.assert_array_equal(second.adj_mx, first.adj_mx)
     assert (second.scaler.mean, second.scaler.std, second.split) == (first.scaler.mean, first.scaler.std, first.split)
+
+
+@pytest.mark.parametrize("scaler", sorted(SCALERS))
+def test_cache_restores_every_scaler_from_json(make_dataset, scaler: str) -> None:
+    """meta.json (no pickle) brings back the scalers, split and sizes exactly."""
+    make_dataset("TIMES", VALUES, start=np.datetime64("2012-03-04T23:50:00", "s"))
+    config = make_config("TIMES", scaler=scaler, load_external=True, add_time_in_day=True, normal_external=True,
+                         ext_scaler=scaler)
+    first = prepare_data(config)
+    (folder,) = paths.dataset_cache_dir().iterdir()
+    second = prepared_module._load(folder)
+    for name in ("scaler", "ext_scaler"):
+        assert type(getattr(second, name)) is type(getattr(first, name)) is SCALERS[scaler]
+        assert vars(getattr(second, name)) == vars(getattr(first, name))
+    assert {k: v for k, v in vars(second).items() if k not in ("data", "adj_mx", "scaler", "ext_scaler")} == \
+        {k: v for k, v in vars(first).items() if k not in ("data", "adj_mx", "scaler", "ext_scaler")}
+    assert isinstance(second.split, tuple)
+    np.testing.assert_array_equal(second.data, first.data)
 
 
 @pytest.mark.parametrize("change", [
