@@ -239,6 +239,29 @@ def test_data_col_and_output_dim(make_dataset) -> None:
     np.testing.assert_array_equal(second.data[..., 0], -VALUES)
 
 
+def test_output_dim_defaults_to_one_as_libcity(make_dataset) -> None:
+    """A config.json without output_dim predicts the first data column; the others are inputs."""
+    values = np.stack([VALUES, -VALUES], axis=2)
+    make_dataset("NODIM", values, info={"output_dim": None})
+    prepared = get_dataset(make_config("NODIM")).prepare()
+    assert (prepared.output_dim, prepared.ext_dim, prepared.feature_dim) == (1, 1, 2)
+
+
+def test_ext_file_defaults_to_the_dataset_name_as_libcity(make_dataset) -> None:
+    """LibCity reads <dataset>.ext when ext_file is not set, whatever data_files names."""
+    folder = make_dataset("EXT", VALUES, info={"data_files": ["EXT_2012"], "ext_col": ["rain"]})
+    (folder / "EXT.dyna").rename(folder / "EXT_2012.dyna")
+    times = np.datetime_as_string(np.datetime64("2012-03-01T00:00:00", "s") + 300 * np.arange(T), unit="s")
+    ext_text = "ext_id,time,rain\n" + "".join(f"{i},{t}Z,{i % 3}\n" for i, t in enumerate(times))
+    (folder / "EXT_2012.ext").write_text(ext_text.replace(",rain", ",other"))  # not LibCity's file: not read
+    config = make_config("EXT", load_external=True, add_time_in_day=False)
+    assert get_dataset(config).prepare().ext_dim == 0
+    (folder / "EXT.ext").write_text(ext_text)
+    prepared = get_dataset(make_config("EXT", load_external=True, add_time_in_day=False, cache_dataset=False)).prepare()
+    assert prepared.ext_dim == 1
+    np.testing.assert_array_equal(prepared.data[:, 0, 1], np.arange(T) % 3)
+
+
 def test_nan_readings_become_zero_with_a_count(make_dataset, caplog: pytest.LogCaptureFixture) -> None:
     values = VALUES.copy()
     values[4, 1] = np.nan

@@ -92,7 +92,7 @@ def _files(config: Mapping[str, Any]) -> dict[str, Path]:
             f"<NAME>.geo, <NAME>.rel, <NAME>.dyna and config.json (file names from geo_file, rel_file, "
             "data_files in config.json's info block)."
         )
-    ext = folder / f"{config['ext_file'] or data_files[0]}.ext"
+    ext = folder / f"{config['ext_file'] or dataset}.ext"  # LibCity's default: the dataset's name
     # As LibCity: load_external without an .ext file is normal (METR_LA has none); only the
     # time features are added then.
     if config["load_external"] and ext.is_file():
@@ -182,7 +182,7 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
     ``raw`` is left untouched (its arrays may be read-only views into Ray's object store).
     """
     data = raw.data
-    output_dim = config["output_dim"] or data.shape[2]
+    output_dim = 1 if config["output_dim"] is None else config["output_dim"]  # LibCity's default: 1
     if isinstance(output_dim, bool) or not isinstance(output_dim, int) or not 1 <= output_dim <= data.shape[2]:
         raise LibTrafficError(f"output_dim is {output_dim!r} but the .dyna file has {data.shape[2]} data column(s).")
     if not np.any(data[..., :output_dim]):
