@@ -314,17 +314,25 @@ def prepare_data(config: Mapping[str, Any]) -> PreparedData:
     files = _files(config)
     key = cache_key(config, files)
     folder = paths.dataset_cache_dir() / f"{config['dataset']}_{key}"
-    if config["cache_dataset"] and folder.is_dir():
-        try:
-            prepared = _load(folder)
-            logger.info("Loaded prepared data from cache %s", folder)
-            return prepared
-        except CorruptCache as err:
-            logger.warning("The dataset cache %s is damaged (%s); rebuilding it.", folder, err)
-            _discard(folder)
-    logger.info("Preparing dataset %s from %s", config["dataset"], files["dyna"].parent)
-    prepared = _build(config, files)
-    if config["cache_dataset"]:
-        _save(prepared, folder)
-        logger.info("Saved prepared data to %s", folder)
+    prepared = _cached(folder) if config["cache_dataset"] and folder.is_dir() else None
+    if prepared is None:
+        logger.info("Preparing dataset %s from %s", config["dataset"], files["dyna"].parent)
+        prepared = _build(config, files)
+        if config["cache_dataset"]:
+            _save(prepared, folder)
+            logger.info("Saved prepared data to %s", folder)
+    # At full precision, to compare with the StandardScaler / NormalScaler ... line of LibCity's log.
+    logger.info("scaler %r, ext_scaler %r", prepared.scaler, prepared.ext_scaler)
+    return prepared
+
+
+def _cached(folder: Path) -> PreparedData | None:
+    """The prepared data saved in ``folder``, or None (a damaged folder is discarded)."""
+    try:
+        prepared = _load(folder)
+    except CorruptCache as err:
+        logger.warning("The dataset cache %s is damaged (%s); rebuilding it.", folder, err)
+        _discard(folder)
+        return None
+    logger.info("Loaded prepared data from cache %s", folder)
     return prepared

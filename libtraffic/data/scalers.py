@@ -56,7 +56,7 @@ class NoneScaler:
         return x
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v:.6g}' for k, v in vars(self).items())})"
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 class NormalScaler(NoneScaler):
