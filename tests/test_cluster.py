@@ -123,7 +123,7 @@ def assert_clean_terminal(out: str, err: str) -> None:
 def assert_best_model(workdir: Path, exp_id: str, rows: list[dict], out: str) -> None:
     best = min((r for r in rows if r["status"] != "ERROR"), key=lambda r: r["best_loss"])
     cache = workdir / "libtraffic" / "cache" / exp_id
-    state = torch.load(cache / "model_cache" / f"GRU_{DATASET}.m", weights_only=False)
+    state = torch.load(cache / "model_cache" / f"GRU_{DATASET}.m", weights_only=True)
     assert state["epoch"] == best["best_epoch"] and state["best_val_loss"] == pytest.approx(best["best_loss"])
     assert {k: state["config"][k] for k in best["config"]} == best["config"]
     saved = json.loads((cache / f"GRU_{DATASET}_best_config.json").read_text())

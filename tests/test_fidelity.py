@@ -200,11 +200,14 @@ def _logged_data_settings(model: str) -> dict:
 
 
 @pytest.mark.parametrize("model", libcity_ref.MODELS)
-def test_scaler_statistics_are_libcitys_on_synth_la(workdir: Path, model: str) -> None:
+def test_scaler_statistics_are_libcitys_on_synth_la(workdir: Path, caplog, model: str) -> None:
     """The scaler LibCity logged for each reference run, from the same SYNTH_LA and data settings."""
     settings = _logged_data_settings(model)
-    prepared = get_dataset(ConfigParser("traffic_state_pred", "GRU", "SYNTH_LA",
-                                        other_args={**settings, "cache_dataset": False})).prepare()
+    with caplog.at_level(logging.INFO, logger="libtraffic"):
+        prepared = get_dataset(ConfigParser("traffic_state_pred", "GRU", "SYNTH_LA",
+                                            other_args={**settings, "cache_dataset": False})).prepare()
+    stats = ", ".join(f"{k}={v!r}" for k, v in vars(prepared.scaler).items())  # logged at full precision
+    assert f"scaler {type(prepared.scaler).__name__}({stats}), ext_scaler NoneScaler()" in caplog.text
     for name in ("SYNTH_LA.dyna", "SYNTH_LA.geo", "SYNTH_LA.rel", "config.json"):
         assert libcity_ref.file_sha256(workdir / "raw_data/SYNTH_LA" / name) == libcity_ref.SYNTH_LA_SHA256[name]
     text = libcity_ref.log_text(model)

@@ -100,14 +100,6 @@ def test_forward_is_libcitys(config: ConfigParser) -> None:
         torch.testing.assert_close(model.predict({"X": earlier}), _libcity_forward(model, earlier), rtol=1e-5, atol=1e-5)
 
 
-def test_same_seed_same_initial_weights(config: ConfigParser) -> None:
-    torch.manual_seed(7)
-    first = get_model(config, _feature(N)).state_dict()
-    torch.manual_seed(7)
-    second = get_model(config, _feature(N)).state_dict()
-    assert all(torch.equal(first[k], second[k]) for k in first)
-
-
 # ----- data STID cannot read -----
 
 @pytest.mark.parametrize("overrides, message", [

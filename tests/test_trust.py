@@ -215,7 +215,7 @@ def test_damaged_dataset_cache_is_rebuilt_with_a_warning(tmp_path: Path, damage:
         data = folder / "data.npy"
         data.write_bytes(data.read_bytes()[:-100])
     elif damage == "garbage_meta":
-        (folder / "meta.pkl").write_bytes(b"not a pickle")
+        (folder / "meta.json").write_text("not JSON")
     else:
         (folder / "adj_mx.npy").unlink()
     out = _run(tmp_path, [*args, "--exp_id", "b"])

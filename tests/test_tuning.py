@@ -96,7 +96,7 @@ def test_grid_fifo_best_model_and_config_reproduce(workdir, ray_cluster):
     assert "masked_MAE" in out.stdout  # test metrics of the best model
 
     cache = workdir / "libtraffic" / "cache" / "grid"
-    state = torch.load(cache / "model_cache" / f"GRU_{DATASET}.m", weights_only=False)
+    state = torch.load(cache / "model_cache" / f"GRU_{DATASET}.m", weights_only=True)
     assert state["epoch"] == best["best_epoch"]
     assert state["best_val_loss"] == pytest.approx(best["best_loss"])
     from libtraffic.data.scalers import NoneScaler
@@ -348,7 +348,7 @@ def test_same_exp_id_at_once_and_resume_must_repeat_settings(workdir, ray_cluste
     loser_err = outs[next(lr for lr in codes if lr != winner)][1]
     assert "already exists" in loser_err and "twice" in loser_err and "Traceback" not in loser_err, loser_err
     best_model = re.search(r"Best model: (\S+\.m)", outs[winner][0]).group(1)
-    assert torch.load(best_model, weights_only=False)["config"]["learning_rate"] == float(winner)
+    assert torch.load(best_model, weights_only=True)["config"]["learning_rate"] == float(winner)
 
     stored = json.loads((workdir / "libtraffic" / "cache" / "twice" / "hyper_tune_experiment.json").read_text())
     assert {"command", "argv", "task", "model", "dataset", "exp_id", "space_file", "space", "search_alg", "scheduler",
@@ -398,7 +398,7 @@ def check_ranked_by(workdir: Path, exp_id: str, out, metric: str, pick) -> dict:
     assert config == best["config"] and value == pytest.approx(best["best_value"], rel=1e-12)
     assert "Best trial final validation loss" not in out.stdout
     cache = workdir / "libtraffic" / "cache" / exp_id
-    state = torch.load(cache / "model_cache" / f"GRU_{DATASET}.m", weights_only=False)
+    state = torch.load(cache / "model_cache" / f"GRU_{DATASET}.m", weights_only=True)
     assert state["epoch"] == best["best_epoch"] and state["best_metric"] == metric
     assert state["best_value"] == pytest.approx(best["best_value"], rel=1e-6)
     assert json.loads((cache / "hyper_tune_experiment.json").read_text())["metric"] == metric

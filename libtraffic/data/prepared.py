@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import secrets
 import shutil
 import zlib
@@ -19,7 +18,7 @@ import numpy as np
 
 from libtraffic.data import atomic_reader
 from libtraffic.data.adjacency import build_adjacency
-from libtraffic.data.scalers import NoneScaler, get_scaler
+from libtraffic.data.scalers import NoneScaler, get_scaler, scaler_from_state, scaler_state
 from libtraffic.data.windows import day_in_week, num_samples, split_sizes, time_in_day, window_counts
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
@@ -28,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 # 2: LibCity's scaler fit ranges and time-feature rules; files checked by size and CRC on load.
 # 3: the standard scaler weights each step by the training windows holding it; scaled in float64.
-CACHE_FORMAT = 3
+# 4: the scalers and sizes in meta.json (was a pickle).
+CACHE_FORMAT = 4
 # Every config key that changes the prepared arrays; the cache key hashes their values.
 DATA_KEYS = (
     "dataset", "data_path", "data_col", "data_files", "geo_file", "rel_file", "ext_file", "ext_col", "weight_col",
@@ -92,7 +92,7 @@ def _files(config: Mapping[str, Any]) -> dict[str, Path]:
             f"<NAME>.geo, <NAME>.rel, <NAME>.dyna and config.json (file names from geo_file, rel_file, "
             "data_files in config.json's info block)."
         )
-    ext = folder / f"{config['ext_file'] or data_files[0]}.ext"
+    ext = folder / f"{config['ext_file'] or dataset}.ext"  # LibCity's default: the dataset's name
     # As LibCity: load_external without an .ext file is normal (METR_LA has none); only the
     # time features are added then.
     if config["load_external"] and ext.is_file():
@@ -182,7 +182,7 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
     ``raw`` is left untouched (its arrays may be read-only views into Ray's object store).
     """
     data = raw.data
-    output_dim = config["output_dim"] or data.shape[2]
+    output_dim = 1 if config["output_dim"] is None else config["output_dim"]  # LibCity's default: 1
     if isinstance(output_dim, bool) or not isinstance(output_dim, int) or not 1 <= output_dim <= data.shape[2]:
         raise LibTrafficError(f"output_dim is {output_dim!r} but the .dyna file has {data.shape[2]} data column(s).")
     if not np.any(data[..., :output_dim]):
@@ -240,6 +240,7 @@ def _fit(scaler: NoneScaler, values: np.ndarray, num_train: int, config: Mapping
 
 
 _ARRAYS = ("data.npy", "adj_mx.npy")
+META = "meta.json"  # the other PreparedData fields and the arrays' checksums
 
 
 def _checksum(path: Path) -> tuple[int, int]:
@@ -268,8 +269,9 @@ def _save(prepared: PreparedData, folder: Path) -> None:
     np.save(tmp / "data.npy", prepared.data)
     np.save(tmp / "adj_mx.npy", prepared.adj_mx)
     meta = {k: v for k, v in vars(prepared).items() if k not in ("data", "adj_mx")}
+    meta.update(scaler=scaler_state(prepared.scaler), ext_scaler=scaler_state(prepared.ext_scaler))
     checks = {name: _checksum(tmp / name) for name in _ARRAYS}
-    (tmp / "meta.pkl").write_bytes(pickle.dumps({"prepared": meta, "checks": checks}))
+    (tmp / META).write_text(json.dumps({"prepared": meta, "checks": checks}))
     try:
         tmp.rename(folder)  # atomic; a complete cache folder is never deleted while others read it
     except OSError:  # another run saved the same key first; its content is the same
@@ -282,13 +284,15 @@ class CorruptCache(Exception):
 
 def _load(folder: Path) -> PreparedData:
     try:
-        saved = pickle.loads((folder / "meta.pkl").read_bytes())
+        saved = json.loads((folder / META).read_text())
         checks = saved["checks"]
         for name in _ARRAYS:
             if _checksum(folder / name) != tuple(checks[name]):
                 raise CorruptCache(f"{name} differs from what was saved")
-        return PreparedData(data=np.load(folder / "data.npy"), adj_mx=np.load(folder / "adj_mx.npy"),
-                            **saved["prepared"])
+        meta = saved["prepared"]
+        meta.update(scaler=scaler_from_state(meta["scaler"]), ext_scaler=scaler_from_state(meta["ext_scaler"]),
+                    split=tuple(meta["split"]))
+        return PreparedData(data=np.load(folder / "data.npy"), adj_mx=np.load(folder / "adj_mx.npy"), **meta)
     except CorruptCache:
         raise
     except Exception as err:  # any unreadable piece means the same: rebuild
@@ -310,17 +314,25 @@ def prepare_data(config: Mapping[str, Any]) -> PreparedData:
     files = _files(config)
     key = cache_key(config, files)
     folder = paths.dataset_cache_dir() / f"{config['dataset']}_{key}"
-    if config["cache_dataset"] and folder.is_dir():
-        try:
-            prepared = _load(folder)
-            logger.info("Loaded prepared data from cache %s", folder)
-            return prepared
-        except CorruptCache as err:
-            logger.warning("The dataset cache %s is damaged (%s); rebuilding it.", folder, err)
-            _discard(folder)
-    logger.info("Preparing dataset %s from %s", config["dataset"], files["dyna"].parent)
-    prepared = _build(config, files)
-    if config["cache_dataset"]:
-        _save(prepared, folder)
-        logger.info("Saved prepared data to %s", folder)
+    prepared = _cached(folder) if config["cache_dataset"] and folder.is_dir() else None
+    if prepared is None:
+        logger.info("Preparing dataset %s from %s", config["dataset"], files["dyna"].parent)
+        prepared = _build(config, files)
+        if config["cache_dataset"]:
+            _save(prepared, folder)
+            logger.info("Saved prepared data to %s", folder)
+    # At full precision, to compare with the StandardScaler / NormalScaler ... line of LibCity's log.
+    logger.info("scaler %r, ext_scaler %r", prepared.scaler, prepared.ext_scaler)
+    return prepared
+
+
+def _cached(folder: Path) -> PreparedData | None:
+    """The prepared data saved in ``folder``, or None (a damaged folder is discarded)."""
+    try:
+        prepared = _load(folder)
+    except CorruptCache as err:
+        logger.warning("The dataset cache %s is damaged (%s); rebuilding it.", folder, err)
+        _discard(folder)
+        return None
+    logger.info("Loaded prepared data from cache %s", folder)
     return prepared

@@ -12,6 +12,8 @@ becomes 1, with a warning, as scikit-learn.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +56,7 @@ class NoneScaler:
         return x
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v:.6g}' for k, v in vars(self).items())})"
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 class NormalScaler(NoneScaler):
@@ -142,6 +144,22 @@ SCALERS = {
     "minmax11": MinMax11Scaler,
     "log": LogScaler,
 }
+
+
+_NAMES = {cls: name for name, cls in SCALERS.items()}
+
+
+def scaler_state(scaler: NoneScaler) -> dict[str, Any]:
+    """A fitted scaler as JSON-ready data: its name in SCALERS and its statistics."""
+    return {"name": _NAMES[type(scaler)], **vars(scaler)}
+
+
+def scaler_from_state(state: Mapping[str, Any]) -> NoneScaler:
+    """The scaler that scaler_state described."""
+    params = dict(state)
+    scaler = SCALERS[params.pop("name")]()
+    vars(scaler).update(params)
+    return scaler
 
 
 def get_scaler(name: str, key: str = "scaler") -> NoneScaler:

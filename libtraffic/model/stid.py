@@ -8,8 +8,8 @@ no graph: nodes are told apart by their embeddings only.
 
 The time features are read where LibCity's dataset puts them: feature 1 is the time of day (a
 fraction of the day), features 2..8 the one-hot day of week (Monday first). Parameter names and
-shapes are LibCity's, created in LibCity's order, so its checkpoints load and a seed gives the same
-initial weights.
+shapes are LibCity's, so its checkpoints load; they are created and initialised in LibCity's order,
+so initialisation makes the same random draws.
 """
 
 from __future__ import annotations

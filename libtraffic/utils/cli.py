@@ -49,7 +49,8 @@ def base_parser(description: str, epilog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, epilog=epilog, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", type=str, default=DEFAULT_NAMES["task"], help="task name (traffic_state_pred)")
-    parser.add_argument("--model", type=str, default=DEFAULT_NAMES["model"], help="model name: GRU, LSTM or RNN")
+    parser.add_argument("--model", type=str, default=DEFAULT_NAMES["model"],
+                        help="model name, as in LibCity (the models of task_config.json)")
     parser.add_argument("--dataset", type=str, default=DEFAULT_NAMES["dataset"], help="dataset folder under ./raw_data")
     parser.add_argument("--config_file", type=str, default=None, help="JSON config file: NAME (./NAME.json) or a path")
     parser.add_argument("--exp_id", type=str, default=None, help="experiment id (default: a new random one)")
