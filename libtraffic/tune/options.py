@@ -14,15 +14,8 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
+from libtraffic.utils.cli import str2bool
 from libtraffic.utils.errors import LibTrafficError
-from libtraffic.utils.values import parse_bool
-
-
-def _bool(text: str) -> bool:
-    value = parse_bool(text)
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value
 
 
 def _option(default: Any, kind: Callable[[str], Any], help: str, switch: bool = False) -> Any:
@@ -41,8 +34,8 @@ class TuneOptions:
     cpu_per_trial: int = _option(1, int, "CPUs (torch threads) per trial")
     gpu_per_trial: float | None = _option(None, float, "GPUs per trial, a fraction (0.25) shares a GPU (default 1 if "
                                           "the cluster has a GPU, else 0)")
-    resume: bool = _option(False, _bool, "continue the interrupted experiment --exp_id", switch=True)
-    dry_run: bool = _option(False, _bool, "validate and build every corner of the space without training", switch=True)
+    resume: bool = _option(False, str2bool, "continue the interrupted experiment --exp_id", switch=True)
+    dry_run: bool = _option(False, str2bool, "validate and build every corner of the space without training", switch=True)
     time_budget_s: float | None = _option(None, float, "stop starting/continuing trials after this many seconds")
     ray_address: str | None = _option(None, str, "Ray cluster to join, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, "
                                       "else a private local instance)")
