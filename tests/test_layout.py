@@ -75,8 +75,8 @@ def test_help_loads_neither_torch_nor_ray() -> None:
              "sys.argv = [sys.argv[1], '--help']\n"
              "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\n"
              "print('LOADED', sorted(m for m in ('torch', 'ray', 'pandas') if m in sys.modules))")
-    for script in ("hyper_tune.py",):
+    for script, flag in (("hyper_tune.py", "--search_alg"), ("run_model.py", "--epoch")):
         out = subprocess.run([sys.executable, "-c", probe, str(REPO_ROOT / script)], capture_output=True, text=True,
                              env=SUBPROCESS_ENV, cwd=REPO_ROOT, timeout=60)
-        assert "--search_alg" in out.stdout
+        assert flag in out.stdout and "SYNTH_LA" in out.stdout
         assert "LOADED []" in out.stdout, out.stdout[-300:]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from libtraffic.data.builtin import BUILTIN_DATASETS
 from libtraffic.utils.safe_write import write_atomically
 from libtraffic.data.atomic_writer import (
     DISTANCE_KERNEL, check_dataset_name, dyna_chunks, geo_text, rel_text, time_texts,
@@ -34,10 +35,6 @@ from libtraffic.data.atomic_writer import dataset_config as atomic_config
 from libtraffic.utils.errors import LibTrafficError
 
 logger = logging.getLogger(__name__)
-
-BUILTIN_DATASETS: dict[str, dict] = {
-    "SYNTH_LA": {"num_nodes": 20, "num_days": 14, "seed": 0},
-}
 
 START_TIME = np.datetime64("2012-03-01T00:00:00", "s")
 STEP_SECONDS = 300

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from libtraffic.data.builtin import BUILTIN_DATASETS
+from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.values import parse_bool
+
 
 def str2bool(text: str) -> bool:
     value = parse_bool(text)
@@ -32,7 +36,7 @@ def default_names(task: str | None, model: str | None, dataset: str | None) -> t
 
 # LibCity's general flags (help text, type); all default to None so only typed values override.
 GENERAL_ARGUMENTS: dict[str, tuple[type | Callable, str]] = {
-    "gpu": (str2bool, "use a GPU when available (true/false)"),
+    "gpu": (str2bool, "use a GPU when one is available (true/false)"),
     "gpu_id": (int, "index of the GPU to use"),
     "train_rate": (float, "fraction of samples used for training"),
     "eval_rate": (float, "fraction of samples used for validation"),
@@ -45,23 +49,50 @@ GENERAL_ARGUMENTS: dict[str, tuple[type | Callable, str]] = {
 }
 
 
+def _read_config(*parts: str) -> dict[str, Any]:
+    return json.loads((paths.CONFIG_DIR.joinpath(*parts)).read_text(encoding="utf-8"))
+
+
+def _shared_defaults() -> dict[str, Any]:
+    """The defaults every model starts from (base, dataset class, executor, evaluator), for --help; a model's
+    own JSON file may set its own."""
+    files = [("base.json",), ("data", "TrafficStatePointDataset.json"), ("executor", "TrafficStateExecutor.json"),
+             ("evaluator", "TrafficStateEvaluator.json")]
+    defaults: dict[str, Any] = {}
+    for parts in files:
+        defaults |= _read_config(*parts)
+    return defaults
+
+
 def base_parser(description: str, epilog: str) -> argparse.ArgumentParser:
+    """The flags both CLIs share. Reads only JSON files: --help answers without loading torch or Ray."""
     parser = argparse.ArgumentParser(description=description, epilog=epilog, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", type=str, default=DEFAULT_NAMES["task"], help="task name (traffic_state_pred)")
+    task = DEFAULT_NAMES["task"]
+    models = _read_config("task_config.json")[task]["allowed_model"]
+    builtin = ", ".join(BUILTIN_DATASETS)
+    parser.add_argument("--task", type=str, default=task, help=f"task name (default {task})")
     parser.add_argument("--model", type=str, default=DEFAULT_NAMES["model"],
-                        help="model name, as in LibCity (the models of task_config.json)")
-    parser.add_argument("--dataset", type=str, default=DEFAULT_NAMES["dataset"], help="dataset folder under ./raw_data")
-    parser.add_argument("--config_file", type=str, default=None, help="JSON config file: NAME (./NAME.json) or a path")
-    parser.add_argument("--exp_id", type=str, default=None, help="experiment id (default: a new random one)")
+                        help=f"model name (default {DEFAULT_NAMES['model']}): {', '.join(models)}")
+    parser.add_argument("--dataset", type=str, default=DEFAULT_NAMES["dataset"],
+                        help=f"dataset: a folder of LibCity atomic files under ./raw_data (default "
+                             f"{DEFAULT_NAMES['dataset']}, which you bring yourself); built in, generated on first use: "
+                             f"{builtin}")
+    parser.add_argument("--config_file", type=str, default=None,
+                        help="JSON file of config keys: NAME (./NAME.json) or a path (default: none)")
+    parser.add_argument("--exp_id", type=str, default=None,
+                        help="experiment id, the folder libtraffic/cache/<exp_id> (default: a new random one)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     return parser
 
 
 def add_general_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("general config keys (any other config key also works as --key value)")
+    group = parser.add_argument_group("general config keys (any other config key also works as --key value; "
+                                      "defaults are libtraffic/config's, a model's own file may change them)")
+    defaults = _shared_defaults()
     for name, (kind, text) in GENERAL_ARGUMENTS.items():
-        group.add_argument(f"--{name}", type=kind, default=None, help=text)
+        shown = f" (default {json.dumps(defaults[name])})" if name in defaults else ""
+        group.add_argument(f"--{name}", type=kind, default=None, help=text + shown)
 
 
 def extra_config_args(parser: argparse.ArgumentParser, extras: list[str]) -> dict[str, str]:
