@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import libcity_ref
-from conftest import REPO_ROOT, dyna_text, hand_values, run_cli
+from conftest import dyna_text, hand_values, run_cli
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.scalers import NoneScaler
