@@ -30,6 +30,7 @@ from libtraffic.model import loss as losses
 from libtraffic.utils import paths
 from libtraffic.utils.device import get_device
 from libtraffic.utils.errors import LibTrafficError
+from libtraffic.utils.progress import duration, progress_bar
 
 class TrainingDiverged(LibTrafficError):
     """The loss or the predictions became NaN/inf; the run stops instead of scoring garbage."""
@@ -235,7 +236,7 @@ class TrafficStateExecutor:
         """One pass over the training batches; returns the mean loss of its optimiser steps."""
         self.model.train()
         losses: list[float] = []
-        for i, batch in enumerate(loader):
+        for i, batch in enumerate(progress_bar(loader, f"epoch {epoch}/{self.max_epoch - 1}")):
             losses += self._train_step(self._to_device(batch), f"epoch {epoch}, training batch {i}")
         return sum(losses) / max(len(losses), 1)
 
@@ -399,10 +400,18 @@ class TrafficStateExecutor:
         if (epoch + 1) % self.config["log_every"] == 0 or epoch + 1 == self.max_epoch:
             chosen = "" if self.best_metric.is_loss else f", val {self.best_metric.name}: {metrics[self.best_metric.name]:.4f}"
             self.logger.info(
-                "Epoch [%d/%d] train_loss: %.4f, val_loss: %.4f%s, lr: %.6f, %.2fs%s", epoch, self.max_epoch,
+                "Epoch [%d/%d] train_loss: %.4f, val_loss: %.4f%s, lr: %.6f, %.2fs%s%s", epoch, self.max_epoch,
                 metrics["train_loss"], metrics["loss"], chosen, metrics["lr"], metrics["epoch_time"],
-                "  (best)" if epoch == self.best_epoch else "",
+                "  (best)" if epoch == self.best_epoch else "", self._time_left(epoch),
             )
+
+    def _time_left(self, epoch: int) -> str:
+        """', about 4.5 min left': the epochs still to run at the mean epoch time of this run so far."""
+        left = self.max_epoch - epoch - 1
+        if left <= 0 or self.stop:
+            return ""
+        times = [h["epoch_time"] for h in self.history[-10:]]
+        return f", about {duration(left * sum(times) / len(times))} left"
 
     def _save_epoch_files(self, epoch: int, metrics: dict[str, float]) -> None:
         # As LibCity: an epoch checkpoint whenever validation improves; also the last one, so

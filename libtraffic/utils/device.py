@@ -15,7 +15,11 @@ def get_device(config: Mapping[str, Any], logger: logging.Logger) -> torch.devic
     if not config["gpu"]:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        logger.info("gpu is true but no CUDA device is available: running on the CPU.")
+        # Said when the user asked for a GPU; gpu true is everyone's default, so otherwise only at debug level.
+        source = getattr(config, "sources", {}).get("gpu", "")
+        asked = source == "command line" or source.startswith("config file")
+        logger.log(logging.INFO if asked else logging.DEBUG,
+                   "gpu is true but no CUDA device is available: running on the CPU.")
         return torch.device("cpu")
     gpu_id = config["gpu_id"]
     if not 0 <= gpu_id < torch.cuda.device_count():
