@@ -72,11 +72,22 @@ def test_learning_curves_have_each_trials_epochs(records, exp_folder):
         line = drawn[r["trial_id"]]
         assert len(line.get_ydata()) == r["epochs_run"]
         np.testing.assert_allclose(line.get_ydata(), r["loss_curve"])
-        assert list(line.get_xdata()) == list(range(1, r["epochs_run"] + 1))
+        assert list(line.get_xdata()) == list(range(r["epochs_run"]))  # epochs from 0, as the logs count them
         assert line.get_linestyle() == ("--" if r["status"] == "STOPPED EARLY" else "-")
     stopped = [r for r in records if r["status"] == "STOPPED EARLY"]
     assert stopped and all(len(drawn[r["trial_id"]].get_ydata()) < 6 for r in stopped)
     assert drawn[finished(records)[0]["trial_id"]].get_color() == figures.BEST_COLOR
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend[:2] == ["done", "stopped early"] and "interrupted" not in legend  # no trial was interrupted
+
+
+def test_history_ticks_are_whole_trial_numbers(records, exp_folder):
+    records = records[:3]  # few trials: matplotlib would put ticks at 1.5, 2.5 ...
+    (exp_folder / RESULTS_FILE).write_text(json.dumps(records))
+    ax = figures.history(load_experiment("e1")).axes[0]
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_one_axes_per_parameter_value_against_loss(records, exp_folder):
@@ -146,6 +157,14 @@ def test_predictions_over_a_day_for_low_median_high_error_sensors(records, exp_f
         assert np.isnan(late[:11]).all()
         np.testing.assert_allclose(late[11:], pred[:277, 11, node, 0])  # sample s predicts step s + 11
     np.testing.assert_allclose(by_label(axes[0], "true").get_xdata()[-1], 287 * 300 / 3600)
+
+    # With the dataset at hand, sensors are named by their .geo ids (the predictions' node order).
+    geo = exp_folder.parents[2] / "raw_data" / "SYNTH" / "SYNTH.geo"
+    geo.parent.mkdir(parents=True)
+    nodes = exp.predictions.truth.shape[2]
+    geo.write_text("geo_id,type,coordinates\n" + "".join(f'{7700 + k},Point,"[0, 0]"\n' for k in range(nodes)))
+    axes = figures.predictions(load_experiment("e1")).axes
+    assert [ax.get_title().split(" (")[0] for ax in axes] == ["sensor 7700", "sensor 7703", "sensor 7706"]
 
 
 def decoded_images(page: str) -> list[np.ndarray]:

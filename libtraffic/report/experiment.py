@@ -51,6 +51,7 @@ class Experiment:
     predictions: Predictions | None = None
     final_seeds: list[dict[str, Any]] = field(default_factory=list)
     time_intervals: int = DEFAULT_TIME_INTERVALS
+    geo_ids: list[str] | None = None  # the sensors' ids in .geo order (the predictions' node order)
     notes: list[str] = field(default_factory=list)
 
     @cached_property
@@ -146,20 +147,26 @@ def _read_results(exp: Experiment) -> None:
                          f"--resume --exp_id {exp.exp_id} continues it.")
 
 
-def _read_time_intervals(exp: Experiment) -> None:
-    """Seconds between steps: fixed on the command line, else the dataset's config, else 300."""
+def _read_dataset_facts(exp: Experiment) -> None:
+    """From the dataset's folder (data_path if it was fixed, else raw_data/<dataset>): the seconds between steps
+    (unless fixed on the command line; else 300) and the sensors' geo_ids in .geo order (else None: sensors are
+    named by index)."""
     fixed = (exp.settings or {}).get("fixed") or {}
-    if "time_intervals" in fixed:
-        exp.time_intervals = int(fixed["time_intervals"])
-        return
-    dataset_config = paths.raw_data_dir(exp.describe("dataset")) / "config.json"
-    if dataset_config.is_file():
-        info = load_json(dataset_config, "dataset config").get("info", {})
-        if "time_intervals" in info:
-            exp.time_intervals = int(info["time_intervals"])
-            return
-    exp.notes.append(f"time_intervals unknown (dataset config {dataset_config} not found): "
-                     f"assuming {DEFAULT_TIME_INTERVALS} s between steps.")
+    folder = paths.raw_data_dir(exp.describe("dataset"), str(fixed.get("data_path") or ""))
+    info = {}
+    if (folder / "config.json").is_file():
+        info = load_json(folder / "config.json", "dataset config").get("info", {})
+    if "time_intervals" in fixed or "time_intervals" in info:
+        exp.time_intervals = int(fixed.get("time_intervals", info.get("time_intervals")))
+    else:
+        exp.notes.append(f"time_intervals unknown (dataset config {folder / 'config.json'} not found): "
+                         f"assuming {DEFAULT_TIME_INTERVALS} s between steps.")
+    geo = folder / f"{fixed.get('geo_file') or info.get('geo_file') or exp.describe('dataset')}.geo"
+    if geo.is_file():
+        try:
+            exp.geo_ids = [str(g) for g in pd.read_csv(geo, usecols=["geo_id"])["geo_id"]]
+        except (ValueError, pd.errors.ParserError, OSError):
+            exp.geo_ids = None  # an unreadable .geo only costs the sensor names
 
 
 def load_experiment(exp_id: str | int) -> Experiment:
@@ -189,7 +196,7 @@ def load_experiment(exp_id: str | int) -> Experiment:
     if npz is not None:
         with np.load(npz) as data:
             exp.predictions = Predictions(data["prediction"], data["truth"], npz)
-    _read_time_intervals(exp)
+    _read_dataset_facts(exp)
     if not exp.trials and exp.metrics is None:
         raise LibTrafficError(f"{folder} holds neither {RESULTS_JSON} nor test metrics: nothing to report.")
     return exp

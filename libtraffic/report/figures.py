@@ -72,6 +72,7 @@ def history(exp: Experiment) -> Figure:
     ax.set(xlabel="trial, in the order it started",
            ylabel=f"best {exp.metric_label}",
            title="Optimisation history")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # trials are whole numbers
     ax.legend()
     return fig
 
@@ -88,12 +89,13 @@ def curves(exp: Experiment) -> Figure:
         style = dict(STATUS_STYLE.get(r.get("status"), {"color": "grey", "linestyle": ":"}))
         if r["trial_id"] == best_id:
             style.update(color=BEST_COLOR, linewidth=2.5, zorder=3)
-        ax.plot(np.arange(1, len(exp.curve(r)) + 1), exp.curve(r), marker=".", alpha=0.8,
+        ax.plot(np.arange(len(exp.curve(r))), exp.curve(r), marker=".", alpha=0.8,  # epochs from 0, as the logs
                 label=str(r["trial_id"]), **style)
-    handles = [Line2D([], [], label=s.lower(), **style) for s, style in STATUS_STYLE.items()]
+    present = {r.get("status") for r in drawn}
+    handles = [Line2D([], [], label=s.lower(), **style) for s, style in STATUS_STYLE.items() if s in present]
     handles.append(Line2D([], [], color=BEST_COLOR, linewidth=2.5, label=f"best ({best_id})"))
     _spread_log(ax, [v for r in drawn for v in exp.curve(r)])
-    ax.set(xlabel="epoch", ylabel=exp.metric_label, title="Learning curves of every trial")
+    ax.set(xlabel="epoch (from 0, as in the logs)", ylabel=exp.metric_label, title="Learning curves of every trial")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(handles=handles)
     return fig
@@ -244,6 +246,14 @@ def chosen_sensors(errors: np.ndarray, count: int = 3) -> list[int]:
     return list(dict.fromkeys(int(i) for i in picks))
 
 
+def _sensor_name(exp: Experiment, node: int) -> str:
+    """'sensor 773869' (its geo_id) when the dataset's .geo matches the predictions, else 'sensor index 3'."""
+    ids = exp.geo_ids
+    if ids is not None and exp.predictions is not None and len(ids) == exp.predictions.truth.shape[2]:
+        return f"sensor {ids[node]}"
+    return f"sensor index {node}"
+
+
 def predictions(exp: Experiment) -> Figure:
     """True vs predicted first feature over (up to) one day of the test split for three sensors;
     true zeros are missing readings (as for the masked metrics) and are left as gaps."""
@@ -268,7 +278,7 @@ def predictions(exp: Experiment) -> Figure:
             late[horizon - 1:] = pred[: steps - horizon + 1, horizon - 1, node, 0]
             ax.plot(hours, late, color="tab:orange", linewidth=1,
                     label=f"predicted {horizon * exp.time_intervals // 60} min ahead")
-        ax.set_title(f"sensor index {node} (1-step MAE {errors[node]:.3g})", fontsize=10)
+        ax.set_title(f"{_sensor_name(exp, node)} (1-step MAE {errors[node]:.3g})", fontsize=10)
         ax.set_ylabel("value")
     axes[0, 0].legend(fontsize=8, loc="upper right")
     axes[-1, 0].set_xlabel(f"hours since the start of the test split ({steps} steps)")
