@@ -9,6 +9,7 @@ so a value that would fail at the start of training fails here, named with its s
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from libtraffic.config import ConfigParser
+from libtraffic.config.config_parser import model_config_keys
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS, PreparedData
 from libtraffic.pipeline.build import build_run
@@ -129,6 +131,15 @@ def dry_run(run: TuneRun, check_exp_id: Callable[[], None]) -> None:
         shown = {k: trial[k] for k in ("model", "dataset", "hidden_size", "num_layers", "dropout", "learning_rate",
                                        "max_epoch", "batch_size", "input_window", "output_window", "scaler") if k in trial}
         print(f"  [{i}] sampled {sampled}\n      resolved {shown | sampled}")
+    print(tunable_keys(config))
     built = check_space(config, space, config["seed"], check_exp_id)
     print(f"Dry run: built the dataset, model, optimiser, LR scheduler and evaluator of {built} configuration(s) "
           "(a base sample and every corner of each entry): no problem found. Nothing was trained.")
+
+
+def tunable_keys(config: ConfigParser) -> str:
+    """The model's own config keys with their values (what a space file for it can tune), and where the others are."""
+    own = model_config_keys(config["task"], config["model"])
+    listed = ", ".join(f"{k} ({json.dumps(config[k])})" for k in own) or "none"
+    return (f"Tunable keys of {config['model']} (its own, with this run's values): {listed}; and any training, data or "
+            "evaluation key (learning_rate, batch_size, weight_decay, input_window, scaler, ...; libtraffic/config/).")
