@@ -27,7 +27,8 @@ from libtraffic.utils.errors import LibTrafficError
 logger = logging.getLogger(__name__)
 
 # 2: LibCity's scaler fit ranges and time-feature rules; files checked by size and CRC on load.
-CACHE_FORMAT = 2
+# 3: .rel rows applied in file order (a pair listed both ways is symmetric with bidir_adj_mx).
+CACHE_FORMAT = 3
 # Every config key that changes the prepared arrays; the cache key hashes their values.
 DATA_KEYS = (
     "dataset", "data_path", "data_col", "data_files", "geo_file", "rel_file", "ext_file", "ext_col", "weight_col",
