@@ -20,7 +20,7 @@ from libtraffic.data import TrafficStatePointDataset, get_dataset
 from libtraffic.data import prepared as prepared_module
 from libtraffic.data.prepared import cache_key, prepare_data
 from libtraffic.data.scalers import SCALERS, get_scaler
-from libtraffic.data.windows import num_samples, split_sizes
+from libtraffic.data.windows import num_samples, split_sizes, window_counts
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 
@@ -124,14 +124,33 @@ def test_bad_rates_and_sizes(hand: str) -> None:
 FIT_STEPS = SPLIT[0] + IN - 1  # 13: the steps that training inputs cover
 
 
-def test_standard_scaler_fitted_on_training_inputs_only(make_dataset) -> None:
+def test_standard_scaler_fitted_on_libcitys_stacked_training_inputs(make_dataset) -> None:
+    """LibCity's StandardScaler(x_train.mean(), x_train.std()) over its overlapping input windows."""
     make_dataset("SCALE", VALUES)
     prepared = get_dataset(make_config("SCALE", scaler="standard")).prepare()
-    mean, std = VALUES[:FIT_STEPS].mean(dtype=np.float64), VALUES[:FIT_STEPS].std(dtype=np.float64)
+    x_train, _ = windows_of(np.arange(SPLIT[0]))
+    x_train = x_train.astype(np.float64)
+    mean, std = x_train.mean(), x_train.std()
     assert prepared.scaler.mean == pytest.approx(mean, rel=1e-12)
     assert prepared.scaler.std == pytest.approx(std, rel=1e-12)
-    assert mean == pytest.approx(206.0)  # (100 + 200 + 300) / 3 + (0 + ... + 12) / 13
+    assert mean == pytest.approx(206.0)  # (100 + 200 + 300) / 3 + the windows' mean step 6
+    assert std != pytest.approx(VALUES[:FIT_STEPS].std(dtype=np.float64), rel=1e-6)  # each step once: wrong
     np.testing.assert_allclose(prepared.data[..., 0], (VALUES - mean) / std, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_windows, window", [(11, 3), (2, 5), (5, 1), (1, 4), (4, 4)])
+def test_window_counts_count_the_stacked_windows(num_windows: int, window: int) -> None:
+    held = np.arange(num_windows)[:, None] + np.arange(window)  # the step indices of each window
+    np.testing.assert_array_equal(window_counts(num_windows, window), np.bincount(held.ravel()))
+
+
+def test_weighted_standard_fit_equals_repeated_steps() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.uniform(5, 70, (6, 4, 2)).astype(np.float32)
+    counts = np.array([1, 2, 3, 3, 2, 1])
+    weighted = get_scaler("standard").fit(values, counts)
+    repeated = np.repeat(values, counts, axis=0).astype(np.float64)
+    assert (weighted.mean, weighted.std) == pytest.approx((repeated.mean(), repeated.std()), rel=1e-13)
 
 
 @pytest.mark.parametrize("step, changes", [(12, True), (13, False), (19, False)])
@@ -218,6 +237,29 @@ def test_data_col_and_output_dim(make_dataset) -> None:
     make_dataset("SECOND", values, info={"data_col": ["c1"], "output_dim": 1})
     second = get_dataset(make_config("SECOND")).prepare()
     np.testing.assert_array_equal(second.data[..., 0], -VALUES)
+
+
+def test_output_dim_defaults_to_one_as_libcity(make_dataset) -> None:
+    """A config.json without output_dim predicts the first data column; the others are inputs."""
+    values = np.stack([VALUES, -VALUES], axis=2)
+    make_dataset("NODIM", values, info={"output_dim": None})
+    prepared = get_dataset(make_config("NODIM")).prepare()
+    assert (prepared.output_dim, prepared.ext_dim, prepared.feature_dim) == (1, 1, 2)
+
+
+def test_ext_file_defaults_to_the_dataset_name_as_libcity(make_dataset) -> None:
+    """LibCity reads <dataset>.ext when ext_file is not set, whatever data_files names."""
+    folder = make_dataset("EXT", VALUES, info={"data_files": ["EXT_2012"], "ext_col": ["rain"]})
+    (folder / "EXT.dyna").rename(folder / "EXT_2012.dyna")
+    times = np.datetime_as_string(np.datetime64("2012-03-01T00:00:00", "s") + 300 * np.arange(T), unit="s")
+    ext_text = "ext_id,time,rain\n" + "".join(f"{i},{t}Z,{i % 3}\n" for i, t in enumerate(times))
+    (folder / "EXT_2012.ext").write_text(ext_text.replace(",rain", ",other"))  # not LibCity's file: not read
+    config = make_config("EXT", load_external=True, add_time_in_day=False)
+    assert get_dataset(config).prepare().ext_dim == 0
+    (folder / "EXT.ext").write_text(ext_text)
+    prepared = get_dataset(make_config("EXT", load_external=True, add_time_in_day=False, cache_dataset=False)).prepare()
+    assert prepared.ext_dim == 1
+    np.testing.assert_array_equal(prepared.data[:, 0, 1], np.arange(T) % 3)
 
 
 def test_nan_readings_become_zero_with_a_count(make_dataset, caplog: pytest.LogCaptureFixture) -> None:
@@ -314,7 +356,7 @@ def test_cache_is_reused(hand: str, monkeypatch: pytest.MonkeyPatch, caplog: pyt
     key = cache_key(config, prepared_module._files(config))
     assert first.cache_key == key
     assert _cache_folders() == [f"HAND_{key}"]
-    assert sorted(p.name for p in (paths.dataset_cache_dir() / f"HAND_{key}").iterdir()) == ["adj_mx.npy", "data.npy", "meta.pkl"]
+    assert sorted(p.name for p in (paths.dataset_cache_dir() / f"HAND_{key}").iterdir()) == ["adj_mx.npy", "data.npy", "meta.json"]
 
     def no_build(*args, **kwargs):
         raise AssertionError("the cache should have been used")
@@ -326,6 +368,24 @@ def test_cache_is_reused(hand: str, monkeypatch: pytest.MonkeyPatch, caplog: pyt
     np.testing.assert_array_equal(second.data, first.data)
     np.testing.assert_array_equal(second.adj_mx, first.adj_mx)
     assert (second.scaler.mean, second.scaler.std, second.split) == (first.scaler.mean, first.scaler.std, first.split)
+
+
+@pytest.mark.parametrize("scaler", sorted(SCALERS))
+def test_cache_restores_every_scaler_from_json(make_dataset, scaler: str) -> None:
+    """meta.json (no pickle) brings back the scalers, split and sizes exactly."""
+    make_dataset("TIMES", VALUES, start=np.datetime64("2012-03-04T23:50:00", "s"))
+    config = make_config("TIMES", scaler=scaler, load_external=True, add_time_in_day=True, normal_external=True,
+                         ext_scaler=scaler)
+    first = prepare_data(config)
+    (folder,) = paths.dataset_cache_dir().iterdir()
+    second = prepared_module._load(folder)
+    for name in ("scaler", "ext_scaler"):
+        assert type(getattr(second, name)) is type(getattr(first, name)) is SCALERS[scaler]
+        assert vars(getattr(second, name)) == vars(getattr(first, name))
+    assert {k: v for k, v in vars(second).items() if k not in ("data", "adj_mx", "scaler", "ext_scaler")} == \
+        {k: v for k, v in vars(first).items() if k not in ("data", "adj_mx", "scaler", "ext_scaler")}
+    assert isinstance(second.split, tuple)
+    np.testing.assert_array_equal(second.data, first.data)
 
 
 @pytest.mark.parametrize("change", [

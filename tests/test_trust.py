@@ -173,7 +173,7 @@ RESUME = ["--dataset", "TINY", "--hidden_size", "8", "--input_window", "3", "--o
 
 
 def _state(cwd: Path, exp_id: str, name: str = "GRU_TINY.m") -> dict:
-    return torch.load(cwd / "libtraffic/cache" / exp_id / "model_cache" / name, weights_only=False)
+    return torch.load(cwd / "libtraffic/cache" / exp_id / "model_cache" / name, weights_only=True)
 
 
 def test_resume_equals_uninterrupted_and_keeps_the_best_model(tmp_path: Path) -> None:
@@ -215,7 +215,7 @@ def test_damaged_dataset_cache_is_rebuilt_with_a_warning(tmp_path: Path, damage:
         data = folder / "data.npy"
         data.write_bytes(data.read_bytes()[:-100])
     elif damage == "garbage_meta":
-        (folder / "meta.pkl").write_bytes(b"not a pickle")
+        (folder / "meta.json").write_text("not JSON")
     else:
         (folder / "adj_mx.npy").unlink()
     out = _run(tmp_path, [*args, "--exp_id", "b"])

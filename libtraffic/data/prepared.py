@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import secrets
 import shutil
 import zlib
@@ -19,16 +18,18 @@ import numpy as np
 
 from libtraffic.data import atomic
 from libtraffic.data.adjacency import build_adjacency
-from libtraffic.data.scalers import NoneScaler, get_scaler
-from libtraffic.data.windows import day_in_week, num_samples, split_sizes, time_in_day
+from libtraffic.data.scalers import NoneScaler, get_scaler, scaler_from_state, scaler_state
+from libtraffic.data.windows import day_in_week, num_samples, split_sizes, time_in_day, window_counts
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 
 logger = logging.getLogger(__name__)
 
 # 2: LibCity's scaler fit ranges and time-feature rules; files checked by size and CRC on load.
-# 3: .rel rows applied in file order (a pair listed both ways is symmetric with bidir_adj_mx).
-CACHE_FORMAT = 3
+# 3: the standard scaler weights each step by the training windows holding it; scaled in float64.
+# 4: the scalers and sizes in meta.json (was a pickle).
+# 5: .rel rows applied in file order (a pair listed both ways is symmetric with bidir_adj_mx).
+CACHE_FORMAT = 5
 # Every config key that changes the prepared arrays; the cache key hashes their values.
 DATA_KEYS = (
     "dataset", "data_path", "data_col", "data_files", "geo_file", "rel_file", "ext_file", "ext_col", "weight_col",
@@ -47,7 +48,8 @@ RAW_KEYS = ("dataset", "data_col", "data_files", "geo_file", "rel_file", "ext_fi
 class PreparedData:
     """Everything trials need, independent of batch size.
 
-    data: (T, N, F) float32, the first output_dim features scaled by ``scaler``;
+    data: (T, N, F) float32, the first output_dim features scaled by ``scaler`` (the others by
+    ``ext_scaler`` when normal_external is true);
     adj_mx: (N, N) float32; split: (train, valid, test) sample counts.
     """
 
@@ -91,7 +93,7 @@ def _files(config: Mapping[str, Any]) -> dict[str, Path]:
             f"<NAME>.geo, <NAME>.rel, <NAME>.dyna and config.json (file names from geo_file, rel_file, "
             "data_files in config.json's info block)."
         )
-    ext = folder / f"{config['ext_file'] or data_files[0]}.ext"
+    ext = folder / f"{config['ext_file'] or dataset}.ext"  # LibCity's default: the dataset's name
     # As LibCity: load_external without an .ext file is normal (METR_LA has none); only the
     # time features are added then.
     if config["load_external"] and ext.is_file():
@@ -181,7 +183,7 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
     ``raw`` is left untouched (its arrays may be read-only views into Ray's object store).
     """
     data = raw.data
-    output_dim = config["output_dim"] or data.shape[2]
+    output_dim = 1 if config["output_dim"] is None else config["output_dim"]  # LibCity's default: 1
     if isinstance(output_dim, bool) or not isinstance(output_dim, int) or not 1 <= output_dim <= data.shape[2]:
         raise LibTrafficError(f"output_dim is {output_dim!r} but the .dyna file has {data.shape[2]} data column(s).")
     if not np.any(data[..., :output_dim]):
@@ -207,12 +209,13 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
     split = split_sizes(samples, config["train_rate"], config["eval_rate"])
     if min(split) <= 0:
         raise LibTrafficError(f"train_rate {config['train_rate']} and eval_rate {config['eval_rate']} leave an empty split {split} of {samples} samples.")
+    # Scaled in float64 and rounded once, as LibCity (float64 arrays, float32 tensors).
     scaler = _fit(get_scaler(config["scaler"]), data[..., :output_dim], split[0], config)
-    data[..., :output_dim] = scaler.transform(data[..., :output_dim])
+    data[..., :output_dim] = scaler.transform(data[..., :output_dim].astype(np.float64))
     ext_scaler = NoneScaler()
     if config["normal_external"] and data.shape[2] > output_dim:
         ext_scaler = _fit(get_scaler(config["ext_scaler"], "ext_scaler"), data[..., output_dim:], split[0], config)
-        data[..., output_dim:] = ext_scaler.transform(data[..., output_dim:])
+        data[..., output_dim:] = ext_scaler.transform(data[..., output_dim:].astype(np.float64))
     adj = build_adjacency(
         raw.num_nodes, raw.origin, raw.dest, raw.weights, config["init_weight_inf_or_zero"],
         config["set_weight_link_or_dist"], config["bidir_adj_mx"], config["calculate_weight_adj"],
@@ -226,15 +229,19 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
 
 
 def _fit(scaler: NoneScaler, values: np.ndarray, num_train: int, config: Mapping[str, Any]) -> NoneScaler:
-    """Fit on the time steps LibCity's scaler sees: those of the training inputs, plus the training
-    targets for max/min-based scalers (each step once; LibCity stacks overlapping windows)."""
-    steps = num_train + config["input_window"] - 1
-    if scaler.fit_on_targets:
-        steps += config["output_window"]
-    return scaler.fit(values[:steps])
+    """Fit as LibCity fits on its stacked training windows x_train (and y_train for max/min-based
+    scalers): on the steps they cover, each weighted by the number of input windows holding it.
+
+    values: (T, N, F). The windows themselves are never built.
+    """
+    if scaler.fit_on_targets:  # a max or min: how often a step repeats does not matter
+        return scaler.fit(values[: num_train + config["input_window"] + config["output_window"] - 1])
+    counts = window_counts(num_train, config["input_window"])
+    return scaler.fit(values[: len(counts)], counts)
 
 
 _ARRAYS = ("data.npy", "adj_mx.npy")
+META = "meta.json"  # the other PreparedData fields and the arrays' checksums
 
 
 def _checksum(path: Path) -> tuple[int, int]:
@@ -263,8 +270,9 @@ def _save(prepared: PreparedData, folder: Path) -> None:
     np.save(tmp / "data.npy", prepared.data)
     np.save(tmp / "adj_mx.npy", prepared.adj_mx)
     meta = {k: v for k, v in vars(prepared).items() if k not in ("data", "adj_mx")}
+    meta.update(scaler=scaler_state(prepared.scaler), ext_scaler=scaler_state(prepared.ext_scaler))
     checks = {name: _checksum(tmp / name) for name in _ARRAYS}
-    (tmp / "meta.pkl").write_bytes(pickle.dumps({"prepared": meta, "checks": checks}))
+    (tmp / META).write_text(json.dumps({"prepared": meta, "checks": checks}))
     try:
         tmp.rename(folder)  # atomic; a complete cache folder is never deleted while others read it
     except OSError:  # another run saved the same key first; its content is the same
@@ -277,13 +285,15 @@ class CorruptCache(Exception):
 
 def _load(folder: Path) -> PreparedData:
     try:
-        saved = pickle.loads((folder / "meta.pkl").read_bytes())
+        saved = json.loads((folder / META).read_text())
         checks = saved["checks"]
         for name in _ARRAYS:
             if _checksum(folder / name) != tuple(checks[name]):
                 raise CorruptCache(f"{name} differs from what was saved")
-        return PreparedData(data=np.load(folder / "data.npy"), adj_mx=np.load(folder / "adj_mx.npy"),
-                            **saved["prepared"])
+        meta = saved["prepared"]
+        meta.update(scaler=scaler_from_state(meta["scaler"]), ext_scaler=scaler_from_state(meta["ext_scaler"]),
+                    split=tuple(meta["split"]))
+        return PreparedData(data=np.load(folder / "data.npy"), adj_mx=np.load(folder / "adj_mx.npy"), **meta)
     except CorruptCache:
         raise
     except Exception as err:  # any unreadable piece means the same: rebuild
