@@ -367,6 +367,33 @@ def test_gwnet_aptonly_needs_no_graph_but_fixed_supports_need_finite_weights() -
 
 # ----- through the command line -----
 
+@pytest.fixture(scope="module")
+def evaluated_by_cli(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """run_model.py --train false on each model's LibCity checkpoint, in fresh folders (SYNTH_LA
+    generated there), both at once."""
+    runs = {}
+    for model in MODELS:
+        cwd = tmp_path_factory.mktemp(f"{model}_cli")
+        ref.write_checkpoint(model, cwd / "libtraffic" / "cache" / "lc" / "model_cache" / f"{model}_SYNTH_LA.m")
+        runs[model] = (cwd, ["--task", "traffic_state_pred", "--model", model, "--dataset", "SYNTH_LA", "--train",
+                             "false", "--exp_id", "lc"])
+    results = run_clis(Path(__file__).resolve().parent.parent, list(runs.values()), timeout=300)
+    return {model: (cwd, result) for (model, (cwd, _)), result in zip(runs.items(), results)}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_cli_on_libcitys_checkpoint_gives_libcitys_predictions(evaluated_by_cli: dict, model: str) -> None:
+    cwd, result = evaluated_by_cli[model]
+    assert result.returncode == 0, result.stderr[-3000:]
+    [npz] = (cwd / "libtraffic" / "cache" / "lc" / "evaluate_cache").glob("*_predictions.npz")
+    with np.load(npz) as ours:
+        prediction, truth = ours["prediction"], ours["truth"]
+    libcity_prediction, libcity_truth = ref.predictions(model)
+    assert prediction.shape == (802, 12, 20, 1)
+    np.testing.assert_allclose(truth[:200], libcity_truth, rtol=0, atol=1e-4)
+    assert np.abs(prediction[:200] - libcity_prediction).max() < 0.01
+
+
 def test_short_training_runs_end_to_end(repo_root: Path, tiny_dataset: str, workdir: Path) -> None:
     """One epoch of each model on 6 sensors through run_model.py: trained, saved, tested."""
     runs = [(workdir, ["--task", "traffic_state_pred", "--model", model, "--dataset", tiny_dataset, "--max_epoch", "1",
