@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from libtraffic.model import loss
+from libtraffic.model.base import TrafficStateModel
 from libtraffic.model.graph import GWNET_SUPPORTS, finite_adjacency
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.registry import lookup
@@ -125,18 +125,12 @@ def _check_sizes(config: Mapping[str, Any]) -> None:
         raise LibTrafficError(f"dropout must be in [0, 1), got {config['dropout']}.")
 
 
-class GWNET(nn.Module):
+class GWNET(TrafficStateModel):
     """Graph WaveNet; predicts [B, output_window, N, output_dim] from [B, input_window, N, feature_dim]."""
 
     def __init__(self, config: Mapping[str, Any], data_feature: Mapping[str, Any]) -> None:
-        super().__init__()
         _check_sizes(config)
-        self.scaler = data_feature["scaler"]
-        self.num_nodes = data_feature["num_nodes"]
-        self.feature_dim = data_feature["feature_dim"]
-        self.output_dim = data_feature["output_dim"]
-        self.input_window = config["input_window"]
-        self.output_window = config["output_window"]
+        super().__init__(config, data_feature)
         self.blocks = config["blocks"]
         self.layers = _layers_per_block(config)
         if config["apt_layer"]:
@@ -207,14 +201,9 @@ class GWNET(nn.Module):
         adaptive = F.softmax(F.relu(self.nodevec1 @ self.nodevec2), dim=1)
         return torch.cat([self.supports, adaptive.unsqueeze(0)])
 
-    def predict(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self.forward(batch)
-
     def calculate_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Masked MAE (zero readings ignored) on inverse-scaled values, as LibCity's GWNET."""
-        y_true = self.scaler.inverse_transform(batch["y"][..., : self.output_dim])
-        y_pred = self.scaler.inverse_transform(self.predict(batch)[..., : self.output_dim])
-        return loss.TRAIN_LOSSES["masked_mae"](y_pred, y_true)
+        return self.real_units_loss("masked_mae", batch["y"], self.predict(batch))
 
 
 def _fixed_supports(adjtype: str, adj_mx: np.ndarray, needed: bool) -> Tensor:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
-from libtraffic.model import loss
+from libtraffic.model.base import TrafficStateModel
 from libtraffic.model.graph import STGCN_GRAPH_CONVS, finite_adjacency
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.registry import lookup
@@ -164,17 +164,11 @@ class OutputLayer(nn.Module):
         return self.fc(self.tconv2(_node_layer_norm(self.ln, self.tconv1(x))))
 
 
-class STGCN(nn.Module):
+class STGCN(TrafficStateModel):
     """Predicts [B, output_window, N, output_dim] from [B, input_window, N, feature_dim]."""
 
     def __init__(self, config: Mapping[str, Any], data_feature: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.scaler = data_feature["scaler"]
-        self.num_nodes = data_feature["num_nodes"]
-        self.feature_dim = data_feature["feature_dim"]
-        self.output_dim = data_feature["output_dim"]
-        self.input_window = config["input_window"]
-        self.output_window = config["output_window"]
+        super().__init__(config, data_feature)
         self.kt = config["Kt"]
         self.drop_prob = config["dropout"]
         mode = config["stgcn_train_mode"].lower()
@@ -247,12 +241,8 @@ class STGCN(nn.Module):
     def calculate_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """MSE on inverse-scaled values; 'quick' mode trains on the first step only."""
         if self.train_mode == "quick" and self.training:
-            y_true, y_pred = batch["y"][:, :1], self.forward(batch)
-        else:
-            y_true, y_pred = batch["y"], self.predict(batch)
-        y_true = self.scaler.inverse_transform(y_true[..., : self.output_dim])
-        y_pred = self.scaler.inverse_transform(y_pred[..., : self.output_dim])
-        return loss.TRAIN_LOSSES["mse"](y_pred, y_true)
+            return self.real_units_loss("mse", batch["y"][:, :1], self.forward(batch))
+        return self.real_units_loss("mse", batch["y"], self.predict(batch))
 
 
 def _checked_blocks(config: Mapping[str, Any], feature_dim: int) -> list[list[int]]:
