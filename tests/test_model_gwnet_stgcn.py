@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import libcity_ref as ref
-from conftest import run_cli, run_clis
+from conftest import run_clis
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.scalers import NoneScaler, StandardScaler
@@ -406,7 +406,21 @@ def test_short_training_runs_end_to_end(repo_root: Path, tiny_dataset: str, work
             assert saved["prediction"].shape[1:] == (12, 6, 1) and np.isfinite(saved["prediction"]).all()
 
 
-def test_cli_reports_a_window_stgcn_cannot_use(repo_root: Path, tiny_dataset: str, workdir: Path) -> None:
-    result = run_cli(repo_root, workdir, "--model", "STGCN", "--dataset", tiny_dataset, "--input_window", "8")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "input_window > 4 * (Kt - 1)" in result.stdout + result.stderr
+def test_cli_refuses_what_stgcn_cannot_run(repo_root: Path, tiny_dataset: str, workdir: Path) -> None:
+    """Exit 2 with one message: a window too short for Kt, a dataset without .rel, a .rel without edges."""
+    folder = workdir / "raw_data" / tiny_dataset
+    for name, edit in (("NOREL", lambda rel: rel.unlink()), ("NOEDGE", lambda rel: rel.write_text(
+            rel.read_text().splitlines()[0] + "\n"))):
+        copy = workdir / "raw_data" / name
+        copy.mkdir()
+        for path in folder.iterdir():
+            (copy / path.name.replace(tiny_dataset, name)).write_text(path.read_text().replace(tiny_dataset, name))
+        edit(copy / f"{name}.rel")
+    cases = {"short window": ([tiny_dataset, "--input_window", "8"], "input_window > 4 * (Kt - 1)"),
+             "no .rel": (["NOREL"], "NOREL.rel"),
+             "no edges": (["NOEDGE", "--calculate_weight_adj", "false", "--init_weight_inf_or_zero", "zero"],
+                          "needs a graph with edges")}
+    runs = [(workdir, ["--model", "STGCN", "--dataset", *args]) for args, _ in cases.values()]
+    for (name, (_, message)), result in zip(cases.items(), run_clis(repo_root, runs)):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+        assert message in result.stderr, (name, result.stderr[-2000:])
