@@ -299,6 +299,19 @@ def test_adjacency_options(make_dataset, info: dict, expected) -> None:
     np.testing.assert_array_equal(adj, np.array(expected, dtype=np.float32))
 
 
+@pytest.mark.parametrize("bidir, expected", [
+    (True, [[0, 40, 0], [40, 0, 25], [0, 25, 0]]),
+    (False, [[0, 10, 0], [40, 0, 25], [0, 0, 0]]),
+])
+def test_adjacency_rows_apply_in_file_order(make_dataset, bidir: bool, expected) -> None:
+    """As LibCity's loop over the .rel rows: a later row overwrites a cell, and with bidir_adj_mx each
+    row writes both directions, so a pair listed both ways takes the later row's weight both ways."""
+    rel = [(0, 1, 10.0), (1, 0, 40.0), (1, 2, 20.0), (1, 2, 25.0)]
+    make_dataset("ORDER", VALUES, rel=rel, info={"set_weight_link_or_dist": "dist", "bidir_adj_mx": bidir})
+    adj = get_dataset(make_config("ORDER", cache_dataset=False)).prepare().adj_mx
+    np.testing.assert_array_equal(adj, np.array(expected, dtype=np.float32))
+
+
 @pytest.mark.parametrize("epsilon", [0.1, 0.01])
 def test_gaussian_kernel(make_dataset, epsilon: float) -> None:
     make_dataset("KERNEL", VALUES, rel=REL, info={

@@ -29,9 +29,12 @@ def build_adjacency(
     fill = np.inf if init == "inf" and mode == "dist" else 0.0
     adj = np.full((num_nodes, num_nodes), fill, dtype=np.float32)
     values = weights.astype(np.float32) if mode == "dist" else np.ones(len(origin), dtype=np.float32)
-    adj[origin, dest] = values
-    if bidir_adj_mx:
-        adj[dest, origin] = values
+    rows, cols = np.asarray(origin), np.asarray(dest)
+    if bidir_adj_mx:  # row k writes (o, d) then (d, o)
+        rows, cols = np.stack([rows, cols], 1).ravel(), np.stack([cols, rows], 1).ravel()
+        values = np.repeat(values, 2)
+    rows, cols, values = _last_write(rows, cols, values, num_nodes)
+    adj[rows, cols] = values
     if calculate_weight_adj:
         finite = adj[~np.isinf(adj)]
         std = finite.std() if finite.size else 0.0
@@ -40,3 +43,14 @@ def build_adjacency(
         adj = np.exp(-np.square(adj / std)).astype(np.float32)
         adj[adj < weight_adj_epsilon] = 0
     return adj
+
+
+def _last_write(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, num_nodes: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The writes that stand when they are applied in order (LibCity loops over the .rel rows): for
+    a cell written more than once, its last value. A repeated index in one NumPy assignment has no
+    guaranteed order, and with bidir_adj_mx a pair listed in both directions must end symmetric."""
+    cells = rows.astype(np.int64) * num_nodes + cols
+    _, first_from_end = np.unique(cells[::-1], return_index=True)
+    keep = len(cells) - 1 - first_from_end
+    return rows[keep], cols[keep], values[keep]

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 # 2: LibCity's scaler fit ranges and time-feature rules; files checked by size and CRC on load.
 # 3: the standard scaler weights each step by the training windows holding it; scaled in float64.
 # 4: the scalers and sizes in meta.json (was a pickle).
-CACHE_FORMAT = 4
+# 5: .rel rows applied in file order (a pair listed both ways is symmetric with bidir_adj_mx).
+CACHE_FORMAT = 5
 # Every config key that changes the prepared arrays; the cache key hashes their values.
 DATA_KEYS = (
     "dataset", "data_path", "data_col", "data_files", "geo_file", "rel_file", "ext_file", "ext_col", "weight_col",

@@ -73,6 +73,12 @@ def chebyshev_laplacian(adj: np.ndarray) -> np.ndarray:
     both = np.outer(d > 0, d > 0)
     lap = np.where(both, lap / np.sqrt(np.where(both, np.outer(d, d), 1.0)), lap)
     lam = np.linalg.eigvals(lap).real.max()
+    if not lam > 1e-8:  # no edge between distinct nodes: LibCity divides by 0 and gets NaN
+        raise LibTrafficError(
+            "STGCN's Chebyshev graph convolution needs a graph with edges between sensors, but the adjacency "
+            "matrix has none (the .rel file is missing or empty, or weight_adj_epsilon cut every weight), so "
+            "its Laplacian is 0 and cannot be scaled by its largest eigenvalue. Give the dataset a .rel file "
+            "with edges, or use --graph_conv_type gcnconv.")
     return (2 * lap / lam - np.eye(len(adj))).astype(np.float32)
 
 
@@ -94,6 +100,18 @@ def first_order(adj: np.ndarray) -> np.ndarray:
     return (s[:, None] * adj * s[None, :])[None].astype(np.float32)
 
 
+def finite_adjacency(adj: np.ndarray, model: str) -> np.ndarray:
+    """``adj`` as float32, refusing infinite or NaN weights (a graph model cannot use them)."""
+    adj = np.asarray(adj, dtype=np.float32)
+    if not np.isfinite(adj).all():
+        raise LibTrafficError(
+            f"{model} needs finite edge weights, but the adjacency matrix has infinite or NaN entries: with "
+            "init_weight_inf_or_zero 'inf' and set_weight_link_or_dist 'dist', absent edges are inf until "
+            "calculate_weight_adj turns distances into weights. Set --calculate_weight_adj true (or "
+            "--init_weight_inf_or_zero zero).")
+    return adj
+
+
 def identity(adj: np.ndarray) -> np.ndarray:
     return np.eye(len(adj), dtype=np.float32)
 
@@ -113,4 +131,11 @@ DCRNN_SUPPORTS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
     "laplacian": lambda a: [scaled_laplacian(a, lambda_max=None)],
     "random_walk": lambda a: [random_walk(a).T],
     "dual_random_walk": lambda a: [random_walk(a).T, random_walk(a.T).T],
+}
+
+#: STGCN's ``graph_conv_type`` -> (adjacency, Ks) -> the terms T_k [K, N, N] its graph convolution sums
+#: over: Ks Chebyshev polynomials of the scaled Laplacian, or the one first-order matrix (Ks ignored).
+STGCN_GRAPH_CONVS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "chebconv": lambda a, ks: chebyshev_polynomials(chebyshev_laplacian(a), ks),
+    "gcnconv": lambda a, ks: first_order(a),
 }

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from libtraffic.model import loss
+from libtraffic.model.base import TrafficStateModel
 from libtraffic.model.recurrence import make_runner
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.registry import lookup
@@ -30,17 +30,11 @@ RNN_CLASSES = {"GRU": nn.GRU, "LSTM": nn.LSTM, "RNN": nn.RNN}
 RNN_IMPLS = ("auto", "fast", "plain")
 
 
-class RNN(nn.Module):
+class RNN(TrafficStateModel):
     """Autoregressive recurrent forecaster; outputs [B, output_window, N, output_dim]."""
 
     def __init__(self, config: Mapping[str, Any], data_feature: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.scaler = data_feature["scaler"]
-        self.num_nodes = data_feature["num_nodes"]
-        self.feature_dim = data_feature["feature_dim"]
-        self.output_dim = data_feature["output_dim"]
-        self.input_window = config["input_window"]
-        self.output_window = config["output_window"]
+        super().__init__(config, data_feature)
         self.rnn_type = config["rnn_type"]
         self.hidden_size = config["hidden_size"]
         self.num_layers = config["num_layers"]
@@ -98,11 +92,6 @@ class RNN(nn.Module):
         out, _ = self.rnn(torch.stack(steps, dim=0))
         return out[-1]
 
-    def predict(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self.forward(batch)
-
     def calculate_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Masked MAE on inverse-scaled values, zero readings ignored (LibCity's default loss)."""
-        y_true = self.scaler.inverse_transform(batch["y"][..., : self.output_dim])
-        y_pred = self.scaler.inverse_transform(self.predict(batch))
-        return loss.TRAIN_LOSSES["masked_mae"](y_pred, y_true)
+        return self.real_units_loss("masked_mae", batch["y"], self.predict(batch))
