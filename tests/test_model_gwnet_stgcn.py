@@ -8,7 +8,6 @@ import io
 import itertools
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np

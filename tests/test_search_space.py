@@ -747,3 +747,24 @@ def test_optuna_search_state_restored_continues_the_grid(config: ConfigParser, t
     restored.restore(str(tmp_path / "searcher.pkl"))
     rest, _ = optuna_suggestions(space, 5, num_samples=2, searcher=restored, first=3)
     assert first + rest == whole
+
+
+# ----- the search spaces shipped per model (spaces/<MODEL>.json; GRU, LSTM and RNN share RNN.json) -----
+
+SHIPPED = REPO_ROOT / "spaces"
+
+
+def shipped_space(model: str) -> Path:
+    return SHIPPED / f"{'RNN' if model in ('GRU', 'LSTM', 'RNN') else model}.json"
+
+
+@pytest.mark.parametrize("search_alg", ["BasicSearch", "HyperOpt", "OptunaSearch"])
+def test_every_model_ships_a_space_its_searchers_take(config: ConfigParser, search_alg: str) -> None:
+    """Each registered model has spaces/<MODEL>.json naming only its config keys, valid for these searchers."""
+    from libtraffic.model import MODELS
+
+    for model in MODELS:
+        model_config = ConfigParser("traffic_state_pred", model, "TINY")
+        space = load_search_space(str(shipped_space(model)), model_config, search_alg)
+        assert len(space.entries) >= 4 and "learning_rate" in space.entries, model
+    assert {p.stem for p in SHIPPED.glob("*.json")} == {shipped_space(m).stem for m in MODELS}  # none left over
