@@ -182,7 +182,8 @@ def test_early_stopping(tiny_dataset: str, caplog: pytest.LogCaptureFixture) -> 
 
 
 CHECKPOINT_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch", "best_val_loss",
-                   "best_epoch", "best_metric", "best_value", "wait", "history", "config", "rng_state"}
+                   "best_epoch", "best_metric", "best_value", "wait", "batches_seen", "history", "config",
+                   "rng_state"}
 
 
 def test_checkpoint_dict_and_load_state(tiny_dataset: str) -> None:
@@ -241,6 +242,37 @@ def test_resume_from_epoch_file(tiny_dataset: str, caplog: pytest.LogCaptureFixt
     missing, (train, valid, _) = build(tiny_dataset, exp_id="res", epoch=7, max_epoch=9)
     with pytest.raises(LibTrafficError, match=r"epoch 7: no checkpoint .*GRU_TINY_epoch7\.tar"):
         missing.train(train, valid)
+
+
+def test_batches_seen_counts_optimizer_steps_and_resumes(tiny_dataset: str) -> None:
+    executor, (train, valid, _) = build(tiny_dataset, exp_id="seen")
+    executor.train(train, valid)
+    assert len(train) > 1 and executor.batches_seen == 2 * len(train)
+    assert torch.load(executor.epoch_file(1), weights_only=False)["batches_seen"] == 2 * len(train)
+    resumed, (train, valid, _) = build(tiny_dataset, exp_id="seen", epoch=1, max_epoch=3)
+    resumed.train(train, valid)
+    assert resumed.batches_seen == 3 * len(train)
+
+
+def test_train_step_hook_may_take_several_steps_per_batch(tiny_dataset: str) -> None:
+    """A hook taking two optimiser steps per batch (as MTGNN's node groups): each step is counted in
+    batches_seen, and the epoch's training loss is the mean over all steps."""
+    executor, (train, valid, _) = build(tiny_dataset, max_epoch=1)
+    seen, values = [], []
+
+    def two_steps(batch, where):
+        taken = []
+        for _ in range(2):
+            seen.append(executor.batches_seen)
+            executor.optimizer.zero_grad()
+            taken.append(executor._optimizer_step(executor._batch_loss(batch), where))
+        values.extend(taken)
+        return taken
+
+    executor._train_step = two_steps
+    executor.train(train, valid)
+    assert seen == list(range(2 * len(train))) and executor.batches_seen == 2 * len(train)
+    assert executor.history[0]["train_loss"] == pytest.approx(np.mean(values))
 
 
 def test_evaluate_saves_predictions_and_metrics(tiny_dataset: str) -> None:

@@ -1,7 +1,10 @@
 """TrafficStateExecutor: trains, validates, checkpoints and tests a model.
 
 The epoch loop is short; early stopping, LR stepping, best-checkpoint keeping and any outside
-reporting (Ray Tune) are hooks called at the end of each epoch. This module does not import Ray.
+reporting (Ray Tune) are hooks called at the end of each epoch. Each training batch goes through
+``_train_step``, the hook of executors with a curriculum (DCRNNExecutor passes the model the number
+of optimiser steps taken so far, ``batches_seen``, which checkpoints keep). This module does not
+import Ray.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class TrafficStateExecutor:
         self.best_state: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
         self.wait = 0
+        self.batches_seen = 0  # optimiser steps taken, over all epochs (curricula read it)
         self.stop = False
         self._data_generator: torch.Generator | None = None
         self._resumed_rng: dict[str, Any] | None = None
@@ -91,6 +95,7 @@ class TrafficStateExecutor:
             "best_metric": self.best_metric.name,
             "best_value": self.best_value,
             "wait": self.wait,
+            "batches_seen": self.batches_seen,
             "history": list(self.history),
             "config": serializable_config(self.config),
             "rng_state": _rng_state(self._data_generator),
@@ -107,6 +112,8 @@ class TrafficStateExecutor:
         self.best_epoch = state["best_epoch"]
         self._load_best_value(state)
         self.wait = state.get("wait", self.start_epoch - 1 - self.best_epoch)
+        # Checkpoints from before batches_seen come from models without a curriculum, which ignore it.
+        self.batches_seen = state.get("batches_seen", 0)
         self.history = list(state.get("history", []))
         self._resumed_rng = state.get("rng_state")
 
@@ -171,37 +178,53 @@ class TrafficStateExecutor:
         return folder / f"{self.config['model']}_{self.config['dataset']}_epoch{epoch}.tar"
 
     # ----- training -----
-    def _batch_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _batch_loss(self, batch: Mapping[str, torch.Tensor], **model_args: Any) -> torch.Tensor:
+        """The training loss of ``batch``: the model's calculate_loss, or train_loss on its predictions;
+        ``model_args`` go to the model (e.g. batches_seen for a curriculum)."""
         if self.loss_fn is None:
-            return self.model.calculate_loss(batch)
+            return self.model.calculate_loss(batch, **model_args)
         y_true = self.scaler.inverse_transform(batch["y"][..., : self.output_dim])
-        y_pred = self.scaler.inverse_transform(self.model.predict(batch)[..., : self.output_dim])
+        y_pred = self.scaler.inverse_transform(self.model.predict(batch, **model_args)[..., : self.output_dim])
         return self.loss_fn(y_pred, y_true)
 
     def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _train_epoch(self, loader: Iterable, epoch: int) -> float:
+        """One pass over the training batches; returns the mean loss of its optimiser steps."""
         self.model.train()
-        total, count = 0.0, 0
+        losses: list[float] = []
         for i, batch in enumerate(loader):
-            batch = self._to_device(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self._batch_loss(batch)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise self._diverged(f"epoch {epoch}, training batch {i}: the loss is {value}")
-            loss.backward()
-            if self.config["clip_grad_norm"]:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config["max_grad_norm"])
-            try:
-                self.optimizer.step()
-            except RuntimeError as err:  # torch refuses a step size beyond float32 (e.g. lr 1e38 in Adam)
-                if "overflow" not in str(err):
-                    raise
-                raise self._diverged(f"epoch {epoch}, training batch {i}: the optimiser step overflows") from err
-            total, count = total + value, count + 1
-        return total / max(count, 1)
+            losses += self._train_step(self._to_device(batch), f"epoch {epoch}, training batch {i}")
+        return sum(losses) / max(len(losses), 1)
+
+    def _train_step(self, batch: Mapping[str, torch.Tensor], where: str) -> list[float]:
+        """Train on one batch; returns the loss of each optimiser step taken (here one).
+
+        The hook of executors with a curriculum: an override may pass the model more arguments
+        (DCRNN: batches_seen) or take several steps per batch (each through _optimizer_step, which
+        counts it in batches_seen). ``where`` names the batch in error messages.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        return [self._optimizer_step(self._batch_loss(batch), where)]
+
+    def _optimizer_step(self, loss: torch.Tensor, where: str) -> float:
+        """Backward, clip, step on ``loss`` (the gradients are not zeroed here); returns its value and
+        counts one in batches_seen. A non-finite loss or step stops training (TrainingDiverged)."""
+        value = loss.item()
+        if not math.isfinite(value):
+            raise self._diverged(f"{where}: the loss is {value}")
+        loss.backward()
+        if self.config["clip_grad_norm"]:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config["max_grad_norm"])
+        try:
+            self.optimizer.step()
+        except RuntimeError as err:  # torch refuses a step size beyond float32 (e.g. lr 1e38 in Adam)
+            if "overflow" not in str(err):
+                raise
+            raise self._diverged(f"{where}: the optimiser step overflows") from err
+        self.batches_seen += 1
+        return value
 
     def _valid_epoch(self, loader: Iterable, epoch: int) -> float:
         """Validation loss: the mean over samples; with eval_pad_with_last_sample, LibCity's mean of
