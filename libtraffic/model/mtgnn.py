@@ -200,6 +200,11 @@ class MTGNN(nn.Module):
         self.skip0 = nn.Conv2d(self.feature_dim, skip, kernel_size=(1, length))
         self.skipE = nn.Conv2d(residual, skip, kernel_size=(1, length - self.receptive_field + 1))
 
+    @property
+    def min_nodes(self) -> int:
+        """The fewest nodes a forward pass takes: the learned graph keeps subgraph_size edges per node."""
+        return self.gc.k if self.gcn_true and self.buildA_true else 1
+
     def graph(self, idx: Tensor | None) -> Tensor:
         """The adjacency among nodes idx (all when None): learned, or the dataset's minus self-loops."""
         if self.buildA_true:
@@ -266,7 +271,7 @@ def _check_settings(config: Mapping[str, Any], num_nodes: int, output_dim: int) 
             f"MTGNN predicts one value per sensor and step (LibCity's MTGNN), but this dataset has output_dim "
             f"{output_dim} (data_col / output_dim in its config.json). Use a dataset with one target column.")
     for key, least in (("layers", 1), ("gcn_depth", 1), ("dilation_exponential", 1), ("residual_channels", 1),
-                       ("skip_channels", 1), ("end_channels", 1), ("node_dim", 1), ("num_split", 1)):
+                       ("skip_channels", 1), ("end_channels", 1), ("node_dim", 1)):
         if config[key] < least:
             raise LibTrafficError(f"MTGNN: {key} must be at least {least}, got {config[key]}.")
     if config["conv_channels"] < 4 or config["conv_channels"] % len(KERNEL_SET):
@@ -275,18 +280,10 @@ def _check_settings(config: Mapping[str, Any], num_nodes: int, output_dim: int) 
             f"got {config['conv_channels']}.")
     if not 0 <= config["dropout"] < 1:
         raise LibTrafficError(f"MTGNN: dropout must be in [0, 1), got {config['dropout']}.")
-    num_split = config["num_split"]
-    if num_split > num_nodes:
-        raise LibTrafficError(
-            f"MTGNN: num_split {num_split} is larger than the number of sensors ({num_nodes}): each training batch "
-            f"is split into num_split groups of sensors. Use --num_split {num_nodes} or less.")
-    group = num_nodes // num_split  # the smallest group of sensors a training step sees
-    if config["gcn_true"] and config["buildA_true"] and not 1 <= config["subgraph_size"] <= group:
-        where = f"the {num_nodes} sensors" if num_split == 1 else f"the smallest group of sensors ({group} = {num_nodes} // num_split {num_split})"
+    if config["gcn_true"] and config["buildA_true"] and not 1 <= config["subgraph_size"] <= num_nodes:
         raise LibTrafficError(
             f"MTGNN: subgraph_size {config['subgraph_size']} (edges kept per sensor in the learned graph) must be "
-            f"between 1 and the number of sensors in {where}. Use --subgraph_size {group} or less, or a smaller "
-            "--num_split.")
+            f"between 1 and the number of sensors ({num_nodes}). Use --subgraph_size {num_nodes} or less.")
 
 
 def _check_predefined(adj_mx: Any) -> None:
