@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,7 +84,7 @@ def test_same_exp_id_at_once_exactly_one_wins(race: dict) -> None:
     # The winner's printed best-model path holds the winner's model, not the loser's.
     saved = re.findall(r"Saved model at (\S+\.m)$", runs[winner].stdout, re.MULTILINE)
     assert len(saved) == 1
-    state = torch.load(saved[0], weights_only=False)
+    state = torch.load(saved[0], weights_only=True)
     assert state["config"]["hidden_size"] == winner
     assert any(t.shape[0] == 3 * winner for t in state["model_state_dict"].values())  # GRU gates: 3 x hidden
 
@@ -143,18 +144,26 @@ def _foreign_pickle(path: Path) -> None:
 
 
 def _bare_state_dict(path: Path) -> None:  # LibCity-style: not our checkpoint dict
-    torch.save(torch.load(path, weights_only=False)["model_state_dict"], path)
+    torch.save(torch.load(path, weights_only=True)["model_state_dict"], path)
+
+
+def _unsafe_objects(path: Path) -> None:  # needs NumPy's unpickling (as our checkpoints before weights-only loading)
+    state = torch.load(path, weights_only=True)
+    state["rng_state"]["numpy"] = np.random.get_state()
+    torch.save(state, path)
 
 
 def _other_shape(path: Path) -> None:  # a checkpoint dict whose weights have other shapes
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     state["model_state_dict"] = {k: torch.zeros(*(s + 1 for s in v.shape)) for k, v in state["model_state_dict"].items()}
     torch.save(state, path)
 
 
 BREAKS = {"empty": (_write_empty, r"is not a readable checkpoint \(EOFError"),
           "truncated": (_truncate, r"is not a readable checkpoint \((RuntimeError|OSError)"),
-          "text": (_text, r"is not a readable checkpoint \(UnpicklingError"),
+          "text": (_text, r"is not a readable checkpoint \((UnpicklingError|KeyError)"),
+          "unsafe_objects": (_unsafe_objects, r"is not a checkpoint we can load safely: it holds Python objects "
+                                              r"\(numpy\..*\) that only unpickling arbitrary code could restore"),
           "foreign_pickle": (_foreign_pickle, r"is not a readable checkpoint|holds a list, not a libtraffic checkpoint"),
           "bare_state_dict": (_bare_state_dict, r"holds a OrderedDict with keys .*, not a libtraffic checkpoint"),
           "other_shape": (_other_shape, r"does not fit this run's settings")}

@@ -20,7 +20,7 @@ from libtraffic.data import TrafficStatePointDataset, get_dataset
 from libtraffic.data import prepared as prepared_module
 from libtraffic.data.prepared import cache_key, prepare_data
 from libtraffic.data.scalers import SCALERS, get_scaler
-from libtraffic.data.windows import num_samples, split_sizes
+from libtraffic.data.windows import num_samples, split_sizes, window_counts
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 
@@ -124,14 +124,33 @@ def test_bad_rates_and_sizes(hand: str) -> None:
 FIT_STEPS = SPLIT[0] + IN - 1  # 13: the steps that training inputs cover
 
 
-def test_standard_scaler_fitted_on_training_inputs_only(make_dataset) -> None:
+def test_standard_scaler_fitted_on_libcitys_stacked_training_inputs(make_dataset) -> None:
+    """LibCity's StandardScaler(x_train.mean(), x_train.std()) over its overlapping input windows."""
     make_dataset("SCALE", VALUES)
     prepared = get_dataset(make_config("SCALE", scaler="standard")).prepare()
-    mean, std = VALUES[:FIT_STEPS].mean(dtype=np.float64), VALUES[:FIT_STEPS].std(dtype=np.float64)
+    x_train, _ = windows_of(np.arange(SPLIT[0]))
+    x_train = x_train.astype(np.float64)
+    mean, std = x_train.mean(), x_train.std()
     assert prepared.scaler.mean == pytest.approx(mean, rel=1e-12)
     assert prepared.scaler.std == pytest.approx(std, rel=1e-12)
-    assert mean == pytest.approx(206.0)  # (100 + 200 + 300) / 3 + (0 + ... + 12) / 13
+    assert mean == pytest.approx(206.0)  # (100 + 200 + 300) / 3 + the windows' mean step 6
+    assert std != pytest.approx(VALUES[:FIT_STEPS].std(dtype=np.float64), rel=1e-6)  # each step once: wrong
     np.testing.assert_allclose(prepared.data[..., 0], (VALUES - mean) / std, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_windows, window", [(11, 3), (2, 5), (5, 1), (1, 4), (4, 4)])
+def test_window_counts_count_the_stacked_windows(num_windows: int, window: int) -> None:
+    held = np.arange(num_windows)[:, None] + np.arange(window)  # the step indices of each window
+    np.testing.assert_array_equal(window_counts(num_windows, window), np.bincount(held.ravel()))
+
+
+def test_weighted_standard_fit_equals_repeated_steps() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.uniform(5, 70, (6, 4, 2)).astype(np.float32)
+    counts = np.array([1, 2, 3, 3, 2, 1])
+    weighted = get_scaler("standard").fit(values, counts)
+    repeated = np.repeat(values, counts, axis=0).astype(np.float64)
+    assert (weighted.mean, weighted.std) == pytest.approx((repeated.mean(), repeated.std()), rel=1e-13)
 
 
 @pytest.mark.parametrize("step, changes", [(12, True), (13, False), (19, False)])

@@ -3,9 +3,12 @@ LibCity-only config keys, threads and the predictions file."""
 
 from __future__ import annotations
 
+import ast
+import datetime
 import itertools
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from libtraffic.model import get_model
 from libtraffic.pipeline import run_model
 from libtraffic.utils import paths
 
+import libcity_ref
 from conftest import hand_values, run_cli
 
 # LibCity's config/model/traffic_state_pred/RNN.json, the defaults of its GRU, LSTM and RNN.
@@ -116,10 +120,105 @@ def test_scaler_fit_range_is_libcitys(make_dataset, scaler: str, stat: str, targ
     prepared = get_dataset(config).prepare()
     steps = prepared.split[0] + IN - 1 + (OUT if targets else 0)
     fitted = values[:steps]
-    expected = {"max": fitted.max(), "min": fitted.min(), "mean": fitted.mean(dtype=np.float64)}[stat]
+    x_train = values[np.arange(prepared.split[0])[:, None] + np.arange(IN)].astype(np.float64)  # stacked windows
+    expected = {"max": fitted.max(), "min": fitted.min(), "mean": x_train.mean()}[stat]
     assert getattr(prepared.scaler, stat) == pytest.approx(expected)
     assert expected != pytest.approx({"max": values[:steps - 1].max(), "min": values[:steps - 1].min(),
                                       "mean": values[:steps + 1].mean()}[stat])
+
+
+# ----- the whole data path as LibCity's, against a NumPy rendering of its steps -----
+
+def _libcity_arrays(values: np.ndarray, times: np.ndarray, ext: np.ndarray,
+                    external: bool) -> tuple[np.ndarray, np.ndarray]:
+    """LibCity's x, y windows ([S, IN, N, F], [S, OUT, N, F], float64) built step by step as its
+    TrafficStatePointDataset does: readings, time of day, one-hot weekday, .ext columns, then windows."""
+    num_steps, num_nodes = values.shape
+    parts = [values[..., None].astype(np.float64)]
+    if external:
+        stamps = times.astype("datetime64[ns]")
+        fraction = (stamps - stamps.astype("datetime64[D]")) / np.timedelta64(1, "D")
+        parts.append(np.tile(fraction[:, None, None], (1, num_nodes, 1)))
+        weekday = [datetime.date.fromisoformat(str(d)).weekday() for d in stamps.astype("datetime64[D]")]
+        one_hot = np.zeros((num_steps, num_nodes, 7))
+        one_hot[np.arange(num_steps), :, weekday] = 1
+        parts.append(one_hot)
+        parts.append(np.tile(ext[:, None, :], (1, num_nodes, 1)))
+    data = np.concatenate(parts, axis=-1)
+    x = np.stack([data[t - IN + 1: t + 1] for t in range(IN - 1, num_steps - OUT)])
+    y = np.stack([data[t + 1: t + OUT + 1] for t in range(IN - 1, num_steps - OUT)])
+    return x, y
+
+
+@pytest.mark.parametrize("external", [True, False])
+def test_data_path_equals_libcitys(make_dataset, external: bool) -> None:
+    """Features, windows, split and both standard scalers as LibCity computes them (float64)."""
+    rng = np.random.default_rng(5)
+    values = (rng.uniform(5, 70, (T, N)) * 8).round() / 8  # exact in float32, as the readings are held
+    start = np.datetime64("2012-03-04T22:30:00", "s")  # a Sunday: Monday starts at step 18
+    times = start + np.arange(T) * np.timedelta64(300, "s")
+    folder = make_dataset("D", values, start=start)
+    ext = np.stack([np.arange(T) % 4, (rng.uniform(0, 3, T) * 4).round() / 4], axis=1)
+    # The .ext file lists its rows in another order and one extra time: rows are matched by time.
+    ext_times = np.append(times, times[-1] + np.timedelta64(300, "s"))
+    ext_rows = np.append(ext, [[9, 9]], axis=0)
+    order = rng.permutation(len(ext_rows))
+    (folder / "D.ext").write_text("ext_id,time,rain,wind\n" + "".join(
+        f"{i},{np.datetime_as_string(ext_times[k])}Z,{float(ext_rows[k, 0])!r},{float(ext_rows[k, 1])!r}\n" for i, k in enumerate(order)))
+    config = ConfigParser("traffic_state_pred", "GRU", "D", other_args={
+        "input_window": IN, "output_window": OUT, "load_external": external, "add_time_in_day": True,
+        "add_day_in_week": True, "normal_external": True, "ext_scaler": "standard", "batch_size": 5})
+    data = get_dataset(config)
+    _, _, test = data.get_data()
+    prepared = data.prepare()
+    x, y = _libcity_arrays(values, times, ext, external)
+    num_train, _, num_test = prepared.split
+    assert (num_train, num_test) == (round(len(x) * 0.7), round(len(x) * 0.2))
+    x_train = x[:num_train]
+    assert (prepared.scaler.mean, prepared.scaler.std) == pytest.approx((x_train[..., :1].mean(), x_train[..., :1].std()),
+                                                                        rel=1e-12)
+    if external:
+        ext_train = x_train[..., 1:]
+        # rel 1e-8: the time of day is held in float32 (LibCity: float64), e.g. 22:35 is 0.94097222...
+        assert (prepared.ext_scaler.mean, prepared.ext_scaler.std) == pytest.approx((ext_train.mean(), ext_train.std()),
+                                                                                    rel=1e-8)
+        x[..., 1:], y[..., 1:] = [(a[..., 1:] - ext_train.mean()) / ext_train.std() for a in (x, y)]
+    assert prepared.feature_dim == x.shape[-1] == (1 + 1 + 7 + 2 if external else 1)
+    x[..., :1], y[..., :1] = [(a[..., :1] - x_train[..., :1].mean()) / x_train[..., :1].std() for a in (x, y)]
+    ours_x = torch.cat([b["X"] for b in test]).numpy()
+    ours_y = torch.cat([b["y"] for b in test]).numpy()
+    np.testing.assert_allclose(ours_x, x[-num_test:].astype(np.float32), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ours_y, y[-num_test:].astype(np.float32), rtol=0, atol=1e-6)
+
+
+def _logged_data_settings(model: str) -> dict:
+    """The data settings of LibCity's run, from the config dict its log prints."""
+    text = libcity_ref.log_text(model)
+    keys = ("scaler", "load_external", "normal_external", "ext_scaler", "add_time_in_day", "add_day_in_week",
+            "train_rate", "eval_rate", "input_window", "output_window")
+    return {k: ast.literal_eval(re.search(rf"'{k}': ([^,}}]+)", text).group(1)) for k in keys}
+
+
+@pytest.mark.parametrize("model", libcity_ref.MODELS)
+def test_scaler_statistics_are_libcitys_on_synth_la(workdir: Path, model: str) -> None:
+    """The scaler LibCity logged for each reference run, from the same SYNTH_LA and data settings."""
+    settings = _logged_data_settings(model)
+    prepared = get_dataset(ConfigParser("traffic_state_pred", "GRU", "SYNTH_LA",
+                                        other_args={**settings, "cache_dataset": False})).prepare()
+    for name in ("SYNTH_LA.dyna", "SYNTH_LA.geo", "SYNTH_LA.rel", "config.json"):
+        assert libcity_ref.file_sha256(workdir / "raw_data/SYNTH_LA" / name) == libcity_ref.SYNTH_LA_SHA256[name]
+    text = libcity_ref.log_text(model)
+    if settings["scaler"] == "standard":
+        mean, std = map(float, re.search(r"StandardScaler mean: ([\d.e+-]+), std: ([\d.e+-]+)", text).groups())
+        assert prepared.scaler.mean == pytest.approx(mean, rel=1e-9)
+        assert prepared.scaler.std == pytest.approx(std, rel=1e-9)
+    else:
+        assert settings["scaler"] == "normal"
+        assert prepared.scaler.max == pytest.approx(float(re.search(r"NormalScaler max: ([\d.]+)", text).group(1)),
+                                                    rel=1e-7)  # a float32 reading
+    shape = re.search(r"x shape: \((\d+), 12, 20, (\d+)\)", text)
+    if shape:  # logged when LibCity built the windows (not when it read its own cache)
+        assert (sum(prepared.split), prepared.feature_dim) == tuple(map(int, shape.groups()))
 
 
 # ----- LibCity's padded scoring, on request -----

@@ -80,7 +80,7 @@ def test_training_run_leaves_libcity_files(trained: dict) -> None:
 
 
 def test_saved_model_loads_into_a_fresh_rnn(trained: dict) -> None:
-    state = torch.load(trained["cwd"] / f"libtraffic/cache/{EXP}/model_cache/GRU_TINY.m", weights_only=False)
+    state = torch.load(trained["cwd"] / f"libtraffic/cache/{EXP}/model_cache/GRU_TINY.m", weights_only=True)
     assert state["epoch"] == state["best_epoch"] in (0, 1)
     assert state["config"]["hidden_size"] == 16 and state["config"]["input_window"] == 6
     feature = {"scaler": NoneScaler(), "num_nodes": NODES, "feature_dim": 2, "output_dim": 1}  # speed, time of day

@@ -173,7 +173,7 @@ RESUME = ["--dataset", "TINY", "--hidden_size", "8", "--input_window", "3", "--o
 
 
 def _state(cwd: Path, exp_id: str, name: str = "GRU_TINY.m") -> dict:
-    return torch.load(cwd / "libtraffic/cache" / exp_id / "model_cache" / name, weights_only=False)
+    return torch.load(cwd / "libtraffic/cache" / exp_id / "model_cache" / name, weights_only=True)
 
 
 def test_resume_equals_uninterrupted_and_keeps_the_best_model(tmp_path: Path) -> None:

@@ -62,6 +62,16 @@ def resolve_task_model(task: str, model: str) -> dict:
     return task_entry[model]
 
 
+def model_config_keys(task: str, model: str) -> list[str]:
+    """The keys of ``model``'s defaults file that are its own: not also data, executor or evaluator keys."""
+    entry = resolve_task_model(task, model)
+    own = load_json(paths.CONFIG_DIR / "model" / task / f"{entry.get('model_config', model)}.json", "defaults")
+    shared: set[str] = set()
+    for kind, folder in (("dataset_class", "data"), ("executor", "executor"), ("evaluator", "evaluator")):
+        shared |= set(load_json(paths.CONFIG_DIR / folder / f"{entry[kind]}.json", "defaults"))
+    return [k for k in own if k not in shared]
+
+
 def dataset_config_path(dataset: str, data_path: str = "") -> Path:
     """raw_data/<dataset>/config.json (or <data_path>/config.json), after checking the folder exists."""
     folder = paths.raw_data_dir(dataset, data_path)

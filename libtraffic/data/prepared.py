@@ -20,14 +20,15 @@ import numpy as np
 from libtraffic.data import atomic
 from libtraffic.data.adjacency import build_adjacency
 from libtraffic.data.scalers import NoneScaler, get_scaler
-from libtraffic.data.windows import day_in_week, num_samples, split_sizes, time_in_day
+from libtraffic.data.windows import day_in_week, num_samples, split_sizes, time_in_day, window_counts
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 
 logger = logging.getLogger(__name__)
 
 # 2: LibCity's scaler fit ranges and time-feature rules; files checked by size and CRC on load.
-CACHE_FORMAT = 2
+# 3: the standard scaler weights each step by the training windows holding it; scaled in float64.
+CACHE_FORMAT = 3
 # Every config key that changes the prepared arrays; the cache key hashes their values.
 DATA_KEYS = (
     "dataset", "data_path", "data_col", "data_files", "geo_file", "rel_file", "ext_file", "ext_col", "weight_col",
@@ -46,7 +47,8 @@ RAW_KEYS = ("dataset", "data_col", "data_files", "geo_file", "rel_file", "ext_fi
 class PreparedData:
     """Everything trials need, independent of batch size.
 
-    data: (T, N, F) float32, the first output_dim features scaled by ``scaler``;
+    data: (T, N, F) float32, the first output_dim features scaled by ``scaler`` (the others by
+    ``ext_scaler`` when normal_external is true);
     adj_mx: (N, N) float32; split: (train, valid, test) sample counts.
     """
 
@@ -206,12 +208,13 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
     split = split_sizes(samples, config["train_rate"], config["eval_rate"])
     if min(split) <= 0:
         raise LibTrafficError(f"train_rate {config['train_rate']} and eval_rate {config['eval_rate']} leave an empty split {split} of {samples} samples.")
+    # Scaled in float64 and rounded once, as LibCity (float64 arrays, float32 tensors).
     scaler = _fit(get_scaler(config["scaler"]), data[..., :output_dim], split[0], config)
-    data[..., :output_dim] = scaler.transform(data[..., :output_dim])
+    data[..., :output_dim] = scaler.transform(data[..., :output_dim].astype(np.float64))
     ext_scaler = NoneScaler()
     if config["normal_external"] and data.shape[2] > output_dim:
         ext_scaler = _fit(get_scaler(config["ext_scaler"], "ext_scaler"), data[..., output_dim:], split[0], config)
-        data[..., output_dim:] = ext_scaler.transform(data[..., output_dim:])
+        data[..., output_dim:] = ext_scaler.transform(data[..., output_dim:].astype(np.float64))
     adj = build_adjacency(
         raw.num_nodes, raw.origin, raw.dest, raw.weights, config["init_weight_inf_or_zero"],
         config["set_weight_link_or_dist"], config["bidir_adj_mx"], config["calculate_weight_adj"],
@@ -225,12 +228,15 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
 
 
 def _fit(scaler: NoneScaler, values: np.ndarray, num_train: int, config: Mapping[str, Any]) -> NoneScaler:
-    """Fit on the time steps LibCity's scaler sees: those of the training inputs, plus the training
-    targets for max/min-based scalers (each step once; LibCity stacks overlapping windows)."""
-    steps = num_train + config["input_window"] - 1
-    if scaler.fit_on_targets:
-        steps += config["output_window"]
-    return scaler.fit(values[:steps])
+    """Fit as LibCity fits on its stacked training windows x_train (and y_train for max/min-based
+    scalers): on the steps they cover, each weighted by the number of input windows holding it.
+
+    values: (T, N, F). The windows themselves are never built.
+    """
+    if scaler.fit_on_targets:  # a max or min: how often a step repeats does not matter
+        return scaler.fit(values[: num_train + config["input_window"] + config["output_window"] - 1])
+    counts = window_counts(num_train, config["input_window"])
+    return scaler.fit(values[: len(counts)], counts)
 
 
 _ARRAYS = ("data.npy", "adj_mx.npy")

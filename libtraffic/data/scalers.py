@@ -3,7 +3,10 @@
 Each works on NumPy arrays and on torch tensors (inverse_transform runs on model outputs).
 Statistics are global scalars over the fitted values, as in LibCity. ``fit_on_targets`` says what
 LibCity fits on: max/min-based scalers see the training inputs and targets, the standard scaler
-the training inputs only. A zero spread (constant data) becomes 1, with a warning, as scikit-learn.
+the training inputs only. LibCity fits on its stacked, overlapping training windows, so a time step
+counts once per window that holds it: ``fit`` takes those counts as per-step ``weights`` (they
+change the mean and standard deviation, never a max or min). A zero spread (constant data)
+becomes 1, with a warning, as scikit-learn.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ class NoneScaler:
 
     fit_on_targets = False
 
-    def fit(self, data: np.ndarray) -> "NoneScaler":
+    def fit(self, data: np.ndarray, weights: np.ndarray | None = None) -> "NoneScaler":
+        """Fit on ``data`` (S, ...): the readings of S time steps; ``weights`` (S,) counts how often
+        each step is seen (None: once each)."""
         return self
 
     def transform(self, x):
@@ -57,7 +62,7 @@ class NormalScaler(NoneScaler):
 
     fit_on_targets = True
 
-    def fit(self, data):
+    def fit(self, data, weights=None):
         self.max = _nonzero_spread(float(np.max(data)), "maximum")
         return self
 
@@ -71,9 +76,15 @@ class NormalScaler(NoneScaler):
 class StandardScaler(NoneScaler):
     """(x - mean) / std."""
 
-    def fit(self, data):
-        self.mean = float(np.mean(data, dtype=np.float64))
-        self.std = _nonzero_spread(float(np.std(data, dtype=np.float64)), "standard deviation")
+    def fit(self, data, weights=None):
+        # Sums per step, then weighted over steps, in float64: LibCity's x_train.mean() / .std()
+        # over the stacked windows without building them.
+        values = np.asarray(data, dtype=np.float64).reshape(len(data), -1)  # (S, values per step)
+        counts = np.ones(len(values)) if weights is None else np.asarray(weights, dtype=np.float64)
+        total = counts.sum() * values.shape[1]
+        self.mean = float(counts @ values.sum(axis=1) / total)
+        variance = counts @ np.square(values - self.mean).sum(axis=1) / total
+        self.std = _nonzero_spread(float(np.sqrt(variance)), "standard deviation")
         return self
 
     def transform(self, x):
@@ -88,7 +99,7 @@ class MinMax01Scaler(NoneScaler):
 
     fit_on_targets = True
 
-    def fit(self, data):
+    def fit(self, data, weights=None):
         self.min = float(np.min(data))
         self.max = self.min + _nonzero_spread(float(np.max(data)) - self.min, "range (max - min)")
         return self

@@ -27,6 +27,15 @@ def split_sizes(samples: int, train_rate: float, eval_rate: float) -> tuple[int,
     return num_train, samples - num_test - num_train, num_test
 
 
+def window_counts(num_windows: int, window: int) -> np.ndarray:
+    """How many of the windows starting at 0 .. num_windows - 1, each ``window`` steps long, hold each
+    step 0 .. num_windows + window - 2: (steps,) int64, rising 1, 2, .. to at most
+    min(num_windows, window) and falling back to 1."""
+    steps = num_windows + window - 1
+    t = np.arange(steps)
+    return np.minimum.reduce([t + 1, steps - t, np.full(steps, min(num_windows, window))])
+
+
 def time_in_day(times: np.ndarray) -> np.ndarray:
     """Fraction of the day elapsed at each time, (T,) float32 in [0, 1)."""
     seconds = times.astype("datetime64[s]").astype(np.int64)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import pickle
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -23,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from libtraffic.config.config_parser import model_config_keys
 from libtraffic.evaluator import get_evaluator
+from libtraffic.executor import checkpoint
 from libtraffic.executor.best_metric import parse_best_metric
 from libtraffic.executor.optim import build_optimizer, build_scheduler
 from libtraffic.model import loss as losses
@@ -53,6 +53,7 @@ class TrafficStateExecutor:
         self.model = model.to(self.device)
         self.scaler = data_feature["scaler"]
         self.output_dim = data_feature["output_dim"]
+        self.num_nodes = data_feature["num_nodes"]
         self.exp_id = config["exp_id"]
         self.max_epoch = config["max_epoch"]
         if config["train"] and self.max_epoch < 1:
@@ -98,7 +99,7 @@ class TrafficStateExecutor:
             "batches_seen": self.batches_seen,
             "history": list(self.history),
             "config": serializable_config(self.config),
-            "rng_state": _rng_state(self._data_generator),
+            "rng_state": checkpoint.rng_state(self._data_generator),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -135,43 +136,83 @@ class TrafficStateExecutor:
         self.logger.info("Saved model at %s", path)
 
     def read_checkpoint(self, path: Path, what: str, fix: str) -> dict[str, Any]:
-        """A checkpoint dict from ``path`` that fits this model; an empty, truncated or foreign file
-        (or a model of other settings) is a LibTrafficError naming ``what`` the file is for and ``fix``."""
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except (EOFError, OSError, RuntimeError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError,
-                UnicodeDecodeError, pickle.UnpicklingError) as err:
+        """A libtraffic checkpoint dict from ``path`` whose weights are now in the model; an empty,
+        truncated, foreign or unsafe file (or a model of other settings) is a LibTrafficError naming
+        ``what`` the file is for and ``fix``."""
+        return self._take_own(path, checkpoint.load_file(path, self.device, what, fix), what, fix)
+
+    def _take_own(self, path: Path, state: Any, what: str, fix: str) -> dict[str, Any]:
+        """``state`` read from ``path`` if it is our checkpoint dict and fits the model (then loaded)."""
+        if not checkpoint.is_ours(state):
+            if checkpoint.is_libcitys(state):
+                raise LibTrafficError(
+                    f"{path} ({what}) is LibCity's saved model (model and optimiser weights only): it can be "
+                    f"evaluated with --train false, but holds no epoch, scheduler or best epoch to resume from. {fix}"
+                )
             raise LibTrafficError(
-                f"{path} ({what}) is not a readable checkpoint ({type(err).__name__}, {str(err)[:160] or 'no detail'}): "
-                f"it is empty, truncated (a run interrupted while saving?) or not a libtraffic checkpoint. {fix}"
-            ) from err
-        keys = ("model_state_dict", "optimizer_state_dict", "epoch", "best_val_loss", "best_epoch")
-        if not isinstance(state, dict) or any(k not in state for k in keys):
-            found = type(state).__name__ + (f" with keys {', '.join(map(str, list(state)[:4]))}" if isinstance(state, dict) else "")
-            raise LibTrafficError(
-                f"{path} ({what}) holds a {found}, not a libtraffic checkpoint (a dict with {', '.join(keys)}); "
-                f"was it written by another program? (LibCity saves a tuple.) {fix}"
+                f"{path} ({what}) holds {checkpoint.describe(state)}, not a libtraffic checkpoint (a dict with "
+                f"{', '.join(checkpoint.REQUIRED_KEYS)}) nor LibCity's saved model (a tuple of the model's and the "
+                f"optimiser's state_dict); was it written by another program? {fix}"
             )
-        try:
-            self.model.load_state_dict(state["model_state_dict"])
-        except (RuntimeError, TypeError, AttributeError) as err:  # other shapes or names: other settings
-            saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+        saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+        problems = checkpoint.weight_mismatches(self.model, state["model_state_dict"])
+        if problems:
             differ = [f"--{k} {saved[k]}" for k in sorted(saved) if k not in ("train", "epoch") and saved[k] != self.config.get(k)]
             raise LibTrafficError(
                 f"The model in {path} does not fit this run's settings; it was trained with "
-                f"{' '.join(differ) or 'other settings'}. Use the settings it was trained with."
-            ) from err
+                f"{' '.join(differ) or 'other settings'} ({checkpoint.summary(problems)}). Use the settings it was "
+                "trained with."
+            )
+        self.model.load_state_dict(state["model_state_dict"])
         return state
 
     def load_model(self, path: str | Path) -> dict[str, Any]:
+        """Load the weights of the model to evaluate (--train false): our checkpoint dict, whose data
+        settings must be this run's, or LibCity's saved (model, optimiser) tuple."""
         path = Path(path)
         if not path.is_file():
             raise LibTrafficError(f"Model file {path} does not exist; train first (--train true) or check --exp_id.")
-        state = self.read_checkpoint(path, "the saved model evaluated by --train false",
-                                     "Rewrite it by resuming from an epoch checkpoint (--epoch K with the same --exp_id, "
-                                     "K from the *_epoch<K>.tar files beside it), or train again with a new --exp_id.")
+        what = "the saved model evaluated by --train false"
+        fix = ("Rewrite it by resuming from an epoch checkpoint (--epoch K with the same --exp_id, K from the "
+               "*_epoch<K>.tar files beside it), or train again with a new --exp_id.")
+        content = checkpoint.load_file(path, self.device, what, fix)
+        if checkpoint.is_libcitys(content):
+            self._load_libcity_weights(path, content[0])
+            return {"model_state_dict": content[0], "optimizer_state_dict": content[1]}
+        state = self._take_own(path, content, what, fix)
+        self._check_data_settings(path, state.get("config") or {})
         self.logger.info("Loaded model from %s", path)
         return state
+
+    def _load_libcity_weights(self, path: Path, weights: Mapping[str, torch.Tensor]) -> None:
+        problems = checkpoint.weight_mismatches(self.model, weights)
+        if problems:
+            keys = ", ".join(f"{k}={self.config[k]!r}" for k in model_config_keys(self.config["task"], self.config["model"]))
+            raise LibTrafficError(
+                f"{path} is LibCity's saved model, but its weights do not fit the {self.config['model']} built for "
+                f"this run: {checkpoint.summary(problems)}. Check --model (LibCity names the file <MODEL>_<DATASET>.m "
+                f"after the model it trained), the dataset's number of sensors ({self.num_nodes} here) and the "
+                f"model's config keys ({keys or 'none'}) against the config at the top of LibCity's log."
+            )
+        self.model.load_state_dict(weights)
+        self.logger.info("Loaded LibCity's saved model from %s", path)
+        self.logger.warning(
+            "%s is LibCity's checkpoint, which records no settings: whether it was trained with this run's data "
+            "settings (scaler, windows, split rates, time features) cannot be checked.", path)
+
+    def _check_data_settings(self, path: Path, saved: Mapping[str, Any]) -> None:
+        """Refuse to score a model on other test windows or another scaling than it was trained with."""
+        lines, unrecorded = checkpoint.data_differences(saved, self.config)
+        if unrecorded:
+            self.logger.warning("%s does not record the data setting(s) %s; they cannot be checked.",
+                                path, ", ".join(unrecorded))
+        if lines:
+            raise LibTrafficError(
+                f"--train false with other data settings than the model in {path} was trained with:\n  "
+                + "\n  ".join(lines)
+                + "\nIts predictions would be scored on other test windows or another scaling. Evaluate with "
+                "the settings it was trained with (add them to the command), or train a new model with a new --exp_id."
+            )
 
     def epoch_file(self, epoch: int) -> Path:
         folder = paths.experiment_dir(self.exp_id) / "model_cache"
@@ -282,7 +323,7 @@ class TrafficStateExecutor:
         if self.config["epoch"] > 0 and self.start_epoch == 0:
             self._resume_from(self.config["epoch"])
         if self._resumed_rng is not None:
-            _set_rng_state(self._resumed_rng, self._data_generator)
+            checkpoint.set_rng_state(self._resumed_rng, self._data_generator)
             self._resumed_rng = None
         # The LR steps first, so the best checkpoint holds the scheduler state after its epoch, as the epoch file does.
         hooks = [self._step_lr, self._track_best, self._log_epoch, self._save_epoch_files, *hooks]
@@ -423,18 +464,3 @@ class TrafficStateExecutor:
         result = self.evaluator.evaluate()
         self.evaluator.save_result(folder, name, result)  # also logs the metrics table
         return result
-
-
-def _rng_state(generator: torch.Generator | None) -> dict[str, Any]:
-    """Every random source training draws from: dropout (torch), teacher forcing (random),
-    numpy, and the training loader's shuffling generator."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "data_order": generator.get_state() if generator is not None else None}
-
-
-def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator | None) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if generator is not None and state.get("data_order") is not None:
-        generator.set_state(state["data_order"])

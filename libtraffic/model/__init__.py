@@ -10,14 +10,15 @@ from torch import nn
 from libtraffic.model.agcrn import AGCRN
 from libtraffic.model.mtgnn import MTGNN
 from libtraffic.model.rnn import RNN
+from libtraffic.model.stid import STID
 from libtraffic.utils.registry import lookup
 
 # Model name (as in task_config.json) -> class. GRU, LSTM and RNN share one class.
-MODELS = {"GRU": RNN, "LSTM": RNN, "RNN": RNN, "AGCRN": AGCRN, "MTGNN": MTGNN}
+MODELS = {"GRU": RNN, "LSTM": RNN, "RNN": RNN, "STID": STID, "AGCRN": AGCRN, "MTGNN": MTGNN}
 
 
 def get_model(config: Mapping[str, Any], data_feature: Mapping[str, Any]) -> nn.Module:
     return lookup(MODELS, config["model"], "model", where="--model")(config, data_feature)
 
 
-__all__ = ["AGCRN", "MODELS", "MTGNN", "RNN", "get_model"]
+__all__ = ["AGCRN", "MODELS", "MTGNN", "RNN", "STID", "get_model"]

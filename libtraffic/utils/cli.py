@@ -41,7 +41,7 @@ def base_parser(description: str, epilog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, epilog=epilog, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", type=str, default="traffic_state_pred", help="task name (traffic_state_pred)")
-    parser.add_argument("--model", type=str, default="GRU", help="model name: GRU, LSTM or RNN")
+    parser.add_argument("--model", type=str, default="GRU", help="model name, e.g. GRU or STID (all: allowed_model in libtraffic/config/task_config.json)")
     parser.add_argument("--dataset", type=str, default="METR_LA", help="dataset folder under ./raw_data")
     parser.add_argument("--config_file", type=str, default=None, help="JSON config file: NAME (./NAME.json) or a path")
     parser.add_argument("--exp_id", type=str, default=None, help="experiment id (default: a new random one)")
