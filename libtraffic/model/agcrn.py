@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from libtraffic.model import loss
+from libtraffic.model.base import TrafficStateModel
 from libtraffic.utils.errors import LibTrafficError
 
 
@@ -131,17 +131,11 @@ class AVWDCRNN(nn.Module):
         return x
 
 
-class AGCRN(nn.Module):
+class AGCRN(TrafficStateModel):
     """Outputs [B, output_window, N, output_dim] from an input window [B, input_window, N, F]."""
 
     def __init__(self, config: Mapping[str, Any], data_feature: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.scaler = data_feature["scaler"]
-        self.num_nodes = data_feature["num_nodes"]
-        self.feature_dim = data_feature["feature_dim"]
-        self.output_dim = data_feature["output_dim"]
-        self.input_window = config["input_window"]
-        self.output_window = config["output_window"]
+        super().__init__(config, data_feature)
         self.hidden_dim = config["rnn_units"]
         self.embed_dim = config["embed_dim"]
         self.cheb_k = config["cheb_order"]
@@ -166,15 +160,6 @@ class AGCRN(nn.Module):
         out = F.linear(states[-1], self.end_conv.weight.flatten(1), self.end_conv.bias)  # [N, B, T_out*C]
         out = out.reshape(self.num_nodes, batch_size, self.output_window, self.output_dim)
         return out.permute(1, 2, 0, 3)                                # [B, T_out, N, C]
-
-    def predict(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self.forward(batch)
-
-    def calculate_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Masked MAE on inverse-scaled values, zero readings ignored (LibCity's AGCRN loss)."""
-        y_true = self.scaler.inverse_transform(batch["y"][..., : self.output_dim])
-        y_pred = self.scaler.inverse_transform(self.predict(batch))
-        return loss.TRAIN_LOSSES["masked_mae"](y_pred, y_true)
 
 
 def _check_settings(config: Mapping[str, Any]) -> None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from libtraffic.model import loss
+from libtraffic.model.base import TrafficStateModel
 from libtraffic.utils.errors import LibTrafficError
 
 KERNEL_SET = (2, 3, 6, 7)
@@ -144,17 +145,11 @@ class LayerNorm(nn.Module):
         return F.layer_norm(per_sample, per_sample.shape[1:], weight, bias, self.eps).transpose(0, 1)
 
 
-class MTGNN(nn.Module):
+class MTGNN(TrafficStateModel):
     """Outputs [B, output_window, N, 1] from an input window [B, input_window, N, F]."""
 
     def __init__(self, config: Mapping[str, Any], data_feature: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.scaler = data_feature["scaler"]
-        self.num_nodes = data_feature["num_nodes"]
-        self.feature_dim = data_feature["feature_dim"]
-        self.output_dim = data_feature["output_dim"]
-        self.input_window = config["input_window"]
-        self.output_window = config["output_window"]
+        super().__init__(config, data_feature)
         self.gcn_true = config["gcn_true"]
         self.buildA_true = config["buildA_true"]
         self.gcn_depth = config["gcn_depth"]
