@@ -95,15 +95,13 @@ class AGCRNCell(nn.Module):
         hidden = self.hidden_dim
         gate_x, gate_h, gate_b = self.gate.node_weights(embeddings, self.dim_in)
         update_x, update_h, update_b = self.update.node_weights(embeddings, self.dim_in)
-        # Input terms of both convolutions, all steps at once: [N, T*B, 3H] -> per step [N, B, 2H], [N, B, H].
+        # The input terms (and biases) of both convolutions, all steps at once: per step [N, B, 2H], [N, B, H].
         x_feat = graph_features(inputs.permute(1, 0, 2, 3).reshape(nodes, steps * batch, -1), supports)
-        x_terms = torch.bmm(x_feat, torch.cat([gate_x, update_x], dim=-1))
-        x_terms = x_terms + torch.cat([gate_b, update_b], dim=-1)
-        x_terms = x_terms.reshape(nodes, steps, batch, 3 * hidden).unbind(1)
+        gate_terms = torch.baddbmm(gate_b, x_feat, gate_x).reshape(nodes, steps, batch, -1).unbind(1)
+        update_terms = torch.baddbmm(update_b, x_feat, update_x).reshape(nodes, steps, batch, -1).unbind(1)
         states = []
         state = None  # the zero state: its graph convolution is 0
-        for t in range(steps):
-            gate_pre, update_pre = x_terms[t].split([2 * hidden, hidden], dim=-1)
+        for gate_pre, update_pre in zip(gate_terms, update_terms):
             if state is None:
                 z, r = torch.sigmoid(gate_pre).split(hidden, dim=-1)
                 state = (1 - r) * torch.tanh(update_pre)

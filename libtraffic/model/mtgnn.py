@@ -46,6 +46,16 @@ def time_conv(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int = 1)
     return out.permute(0, 2, 3, 1).reshape(nodes, batch, -1, weight.shape[0])
 
 
+def whole_window(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """A (1, L) Conv2d over a window of exactly L steps, x [N, B, L, C] -> [N, B, O]: one linear map of
+    the flattened window (the skip convolutions, whose kernels span what is left of the input)."""
+    nodes, batch, length, channels = x.shape
+    if conv.kernel_size[1] != length:
+        raise ValueError(f"kernel {conv.kernel_size[1]} does not span the window of {length} steps")
+    weight = conv.weight[:, :, 0].transpose(1, 2).reshape(conv.out_channels, length * channels)  # (step, channel) order
+    return F.linear(x.reshape(nodes, batch, length * channels), weight, conv.bias)
+
+
 def pointwise(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """A 1x1 Conv2d on the channels (last dim) of x [..., C_in] -> [..., C_out]."""
     return F.linear(x, conv.weight.flatten(1), conv.bias)
@@ -95,7 +105,12 @@ class GraphConstructor(nn.Module):
 
 
 class MixProp(nn.Module):
-    """Mix-hop propagation: h_0 = x, h_k = alpha x + (1 - alpha) P h_(k-1); out = mlp([h_0 .. h_depth])."""
+    """Mix-hop propagation: h_0 = x, h_k = alpha x + (1 - alpha) P h_(k-1); out = mlp([h_0, ..., h_depth]).
+
+    Each h_k is a sum of q_j = ((1 - alpha) P)^j x, j <= k (h_k = q_k + alpha (q_0 + ... + q_(k-1))), so
+    the mlp is applied to [q_0, ..., q_depth] with its weights regrouped: W'_j = (1 - alpha) W_j +
+    alpha (W_j + ... + W_depth). Same linear map, without the alpha-mixing passes over the hops.
+    """
 
     def __init__(self, c_in: int, c_out: int, gdep: int, alpha: float) -> None:
         super().__init__()
@@ -105,12 +120,16 @@ class MixProp(nn.Module):
 
     def forward(self, x: Tensor, prop: Tensor) -> Tensor:
         """x [N, B, L, C], prop [N, N] (propagation_matrix) -> [N, B, L, c_out]."""
-        flat = x.reshape(len(x), -1)
-        hops, h = [x], flat
+        step = (1 - self.alpha) * prop
+        hops, q = [x], x.reshape(len(x), -1)
         for _ in range(self.gdep):
-            h = torch.addmm(flat, prop, h, beta=self.alpha, alpha=1 - self.alpha)
-            hops.append(h.view_as(x))
-        return pointwise(torch.cat(hops, dim=-1), self.mlp.mlp)
+            q = step @ q                                                   # [N, B*L*C]
+            hops.append(q.view_as(x))
+        conv = self.mlp.mlp
+        weight = conv.weight.view(conv.out_channels, self.gdep + 1, -1)  # [O, hop, C]
+        suffix = weight.flip(1).cumsum(1).flip(1)                          # W_j + ... + W_depth
+        weight = (1 - self.alpha) * weight + self.alpha * suffix
+        return F.linear(torch.cat(hops, dim=-1), weight.flatten(1), conv.bias)
 
 
 class _Pointwise(nn.Module):
@@ -214,8 +233,8 @@ class MTGNN(TrafficStateModel):
         if self.gcn_true:
             adj = self.graph(idx)
             props = propagation_matrix(adj), propagation_matrix(adj.t())   # [n, n] each
-        skip = time_conv(F.dropout(x, self.dropout, self.training), self.skip0.weight, self.skip0.bias)  # [n, B, 1, S]
-        x = pointwise(x, self.start_conv)                                 # [n, B, L, R]
+        skip = whole_window(F.dropout(x, self.dropout, self.training), self.skip0)  # [n, B, S]
+        x = time_conv(x, self.start_conv.weight, self.start_conv.bias)    # [n, B, L, R]
         for i in range(self.layers):
             residual = x
             filt_w, filt_b = self.filter_convs[i].fused()
@@ -223,17 +242,17 @@ class MTGNN(TrafficStateModel):
             both = time_conv(x, torch.cat([filt_w, gate_w]), torch.cat([filt_b, gate_b]), self.dilations[i])
             filt, gate = both.chunk(2, dim=-1)                            # [n, B, L_i, C] each
             x = F.dropout(torch.tanh(filt) * torch.sigmoid(gate), self.dropout, self.training)
-            skip = skip + time_conv(x, self.skip_convs[i].weight, self.skip_convs[i].bias)
+            skip = skip + whole_window(x, self.skip_convs[i])
             if self.gcn_true:
                 x = self.gconv1[i](x, props[0]) + self.gconv2[i](x, props[1])   # [n, B, L_i, R]
             else:
                 x = pointwise(x, self.residual_convs[i])
             x = x + residual[:, :, -x.shape[2]:]
             x = self.norm[i](x, idx)
-        skip = time_conv(x, self.skipE.weight, self.skipE.bias) + skip   # [n, B, 1, S]
-        x = F.relu(pointwise(F.relu(skip), self.end_conv_1))              # [n, B, 1, E]
-        x = pointwise(x, self.end_conv_2)                                 # [n, B, 1, T_out]
-        return x.permute(1, 3, 0, 2)                                      # [B, T_out, n, 1]
+        skip = whole_window(x, self.skipE) + skip                         # [n, B, S]
+        x = F.relu(pointwise(F.relu(skip), self.end_conv_1))              # [n, B, E]
+        x = pointwise(x, self.end_conv_2)                                 # [n, B, T_out]
+        return x.permute(1, 2, 0).unsqueeze(-1)                           # [B, T_out, n, 1]
 
     def predict(self, batch: Mapping[str, Tensor], idx: Tensor | None = None) -> Tensor:
         return self.forward(batch, idx)
