@@ -151,6 +151,7 @@ VARIANTS = {
     "window beyond the receptive field": {"layers": 1, "input_window": 10},
     "no graph convolution": {"gcn_true": False},
     "dataset adjacency": {"buildA_true": False, "gcn_depth": 3},
+    "no hops": {"gcn_depth": 0, "layers": 1},
     "no affine layer norm": {"layer_norm_affline": False, "layers": 2},
 }
 

@@ -13,9 +13,11 @@ nodes ``idx`` (MTGNNExecutor's num_split): the graph, layer norm and predictions
 
 The math is LibCity's; the arrangement is ours, for speed (the numbers agree to float rounding):
 tensors are node-major [N, B, L, C] (nodes, batch, time, channels), so a graph hop is one
-[N, N] x [N, B*L*C] product and the 1x1 convolutions are plain matrix products; the two inception
-convolutions (filter and gate, four kernels each) run as one convolution of kernel 7 whose shorter
-kernels are zero-padded on the left, which computes exactly LibCity's right-aligned, cut outputs.
+[N, N] x [N, B*L*C] product, and the 1x1 convolutions and the skip convolutions (whose kernels span
+the whole remaining window) are plain matrix products; the two inception convolutions (filter and
+gate, four kernels each) run as one convolution of kernel 7 whose shorter kernels are zero-padded
+on the left, which computes exactly LibCity's right-aligned, cut outputs; MixProp regroups its
+weights so that a hop is a bare product (see MixProp).
 """
 
 from __future__ import annotations
@@ -284,7 +286,7 @@ def _check_settings(config: Mapping[str, Any], num_nodes: int, output_dim: int) 
         raise LibTrafficError(
             f"MTGNN predicts one value per sensor and step (LibCity's MTGNN), but this dataset has output_dim "
             f"{output_dim} (data_col / output_dim in its config.json). Use a dataset with one target column.")
-    for key, least in (("layers", 1), ("gcn_depth", 1), ("dilation_exponential", 1), ("residual_channels", 1),
+    for key, least in (("layers", 1), ("gcn_depth", 0), ("dilation_exponential", 1), ("residual_channels", 1),
                        ("skip_channels", 1), ("end_channels", 1), ("node_dim", 1)):
         if config[key] < least:
             raise LibTrafficError(f"MTGNN: {key} must be at least {least}, got {config[key]}.")
