@@ -5,7 +5,8 @@ Layers, highest first:
   2. --config_file
   3. model defaults        config/model/<task>/<model_config>.json (RNN.json for GRU, LSTM, RNN)
   4. dataset-class defaults config/data/<dataset_class>.json
-  5. executor defaults, then evaluator defaults, then config/base.json
+  5. executor defaults (TrafficStateExecutor.json, under an executor's own file), then evaluator
+     defaults, then config/base.json
   6. the dataset's raw_data/<DATASET>/config.json (its ``info`` block flattened)
   7. config/data/dataset_info.json (defaults of the ``info`` keys a dataset may omit)
 
@@ -34,6 +35,8 @@ LIBCITY_IGNORED: dict[str, str] = load_json(paths.CONFIG_DIR / "libcity_ignored.
 # Keys of a dataset config.json that describe the atomic-file schema rather than settings.
 _SCHEMA_BLOCKS = {"geo", "rel", "dyna", "ext", "grid", "od", "usr", "info"}
 REQUIRED_ATOMIC = (".geo", ".dyna")
+#: The executor whose defaults every executor shares; config/executor/<Other>.json holds only the keys it adds.
+BASE_EXECUTOR = "TrafficStateExecutor"
 
 
 def _load_task_config() -> dict:
@@ -235,6 +238,10 @@ class ConfigParser(Mapping):
                     f"Unknown {kind} '{components[kind]}'.{did_you_mean(components[kind], valid)} "
                     f"Valid: {', '.join(valid)}."
                 )
+            if kind == "executor" and components[kind] != BASE_EXECUTOR:
+                # An executor built on TrafficStateExecutor adds its own keys to the shared ones.
+                base = paths.CONFIG_DIR / folder / f"{BASE_EXECUTOR}.json"
+                defaults.append((f"{folder}/{base.name}", load_json(base, "defaults")))
             defaults.append((f"{folder}/{path.name}", load_json(path, "defaults")))
         # As LibCity, GRU / LSTM / RNN share one defaults file (RNN.json) and the model name sets rnn_type.
         model_file = f"{entry.get('model_config', model)}.json"

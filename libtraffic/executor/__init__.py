@@ -8,10 +8,11 @@ from typing import Any
 
 from torch import nn
 
+from libtraffic.executor.mtgnn_executor import MTGNNExecutor
 from libtraffic.executor.traffic_state_executor import TrafficStateExecutor
 from libtraffic.utils.registry import lookup
 
-EXECUTORS = {"TrafficStateExecutor": TrafficStateExecutor}
+EXECUTORS = {"TrafficStateExecutor": TrafficStateExecutor, "MTGNNExecutor": MTGNNExecutor}
 
 
 def get_executor(config: Mapping[str, Any], model: nn.Module, data_feature: Mapping[str, Any],
@@ -20,4 +21,4 @@ def get_executor(config: Mapping[str, Any], model: nn.Module, data_feature: Mapp
     return cls(config, model, data_feature, logger)
 
 
-__all__ = ["EXECUTORS", "TrafficStateExecutor", "get_executor"]
+__all__ = ["EXECUTORS", "MTGNNExecutor", "TrafficStateExecutor", "get_executor"]

@@ -1,4 +1,5 @@
-"""What every traffic state model takes from the data and the config, and its loss in real units."""
+"""What every traffic state model takes from the data and the config, and its loss in real units
+(LibCity's AbstractTrafficStateModel)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from libtraffic.model import loss
 
 
 class TrafficStateModel(nn.Module):
-    """A model of [B, input_window, N, feature_dim] -> [B, output_window, N, output_dim] (LibCity's
-    AbstractTrafficStateModel): the data's sizes and scaler, the windows, predict = forward."""
+    """A model of [B, input_window, N, feature_dim] -> [B, output_window, N, output_dim]: the data's sizes
+    and scaler, the windows, predict = forward, and LibCity's usual loss."""
 
     def __init__(self, config: Mapping[str, Any], data_feature: Mapping[str, Any]) -> None:
         super().__init__()
@@ -31,3 +32,7 @@ class TrafficStateModel(nn.Module):
         y_true = self.scaler.inverse_transform(y_true[..., : self.output_dim])
         y_pred = self.scaler.inverse_transform(y_pred[..., : self.output_dim])
         return loss.TRAIN_LOSSES[name](y_pred, y_true)
+
+    def calculate_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Masked MAE on inverse-scaled values, zero readings ignored (LibCity's usual model loss)."""
+        return self.real_units_loss("masked_mae", batch["y"], self.predict(batch))
