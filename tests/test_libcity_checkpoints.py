@@ -182,3 +182,33 @@ def test_libcity_tuple_cannot_be_resumed(workdir: Path, small: str) -> None:
     with pytest.raises(LibTrafficError, match=r"is LibCity's saved model \(model and optimiser weights only\): it can be "
                                               r"evaluated with --train false, but holds no epoch"):
         run_model(dataset_name=small, other_args={**SMALL_RUN, "exp_id": "lt", "epoch": 1, "max_epoch": 3})
+
+
+def test_libcity_epoch_checkpoint_is_fine_tuned_with_epoch(workdir: Path, small: str) -> None:
+    """LibCity's <MODEL>_<DATASET>_epoch<K>.tar ({model_state_dict, optimizer_state_dict, epoch}) continues
+    training with --epoch K: from its weights and optimiser, the scheduler at epoch K + 1, the best epoch
+    chosen among the new epochs."""
+    args = {**SMALL_RUN, "lr_scheduler": "multisteplr", "steps": [2], "lr_decay_ratio": 0.1}
+    run_model(dataset_name=small, other_args={**args, "exp_id": "ours", "max_epoch": 2})
+    ours = torch.load(workdir / f"libtraffic/cache/ours/model_cache/GRU_{small}_epoch1.tar", weights_only=True)
+    libcity_file = workdir / f"libtraffic/cache/lc/model_cache/GRU_{small}_epoch1.tar"
+    libcity_file.parent.mkdir(parents=True)
+    torch.save({"model_state_dict": ours["model_state_dict"], "optimizer_state_dict": ours["optimizer_state_dict"],
+                "epoch": 1}, libcity_file)
+    run_model(dataset_name=small, other_args={**args, "exp_id": "lc", "epoch": 1, "max_epoch": 4})
+    continued = torch.load(workdir / f"libtraffic/cache/lc/model_cache/GRU_{small}_epoch3.tar", weights_only=True)
+    assert [h["epoch"] for h in continued["history"]] == [2, 3]
+    assert continued["best_epoch"] in (2, 3)
+    # The milestone at 2 decays the rate once, after epoch 2 (as an uninterrupted run would).
+    base = args["learning_rate"] if "learning_rate" in args else ours["config"]["learning_rate"]
+    assert [h["lr"] for h in continued["history"]] == pytest.approx([base * 0.1, base * 0.1])
+    assert not torch.equal(continued["model_state_dict"]["fc.weight"], ours["model_state_dict"]["fc.weight"])
+    # A file whose epoch is not the one its name gives is refused, as is another learner's optimiser state.
+    torch.save({"model_state_dict": ours["model_state_dict"], "optimizer_state_dict": ours["optimizer_state_dict"],
+                "epoch": 5}, libcity_file)
+    with pytest.raises(LibTrafficError, match="is LibCity's checkpoint of epoch 5, not of epoch 1"):
+        run_model(dataset_name=small, other_args={**args, "exp_id": "lc", "epoch": 1, "max_epoch": 4})
+    torch.save({"model_state_dict": ours["model_state_dict"], "optimizer_state_dict": ours["optimizer_state_dict"],
+                "epoch": 1}, libcity_file)
+    with pytest.raises(LibTrafficError, match="its optimiser state does not fit this run's --learner rmsprop"):
+        run_model(dataset_name=small, other_args={**args, "exp_id": "lc", "epoch": 1, "max_epoch": 4, "learner": "rmsprop"})

@@ -81,6 +81,15 @@ def is_libcitys(content: Any) -> bool:
             and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in content[0].items()))
 
 
+def is_libcitys_epoch(content: Any) -> bool:
+    """LibCity's epoch checkpoint ``<MODEL>_<DATASET>_epoch<K>.tar``: a dict of the model's and the
+    optimiser's state_dict and the epoch, and nothing of ours (no best epoch, scheduler or config)."""
+    return (isinstance(content, dict) and not is_ours(content)
+            and {"model_state_dict", "optimizer_state_dict", "epoch"} <= set(content)
+            and isinstance(content["model_state_dict"], dict) and isinstance(content["epoch"], int)
+            and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in content["model_state_dict"].items()))
+
+
 def describe(content: Any) -> str:
     """'a dict with keys a, b, c, d', 'a list', ... for messages."""
     name = type(content).__name__

@@ -317,7 +317,7 @@ class TrafficStateExecutor:
         """
         self._data_generator = getattr(train_loader, "generator", None)
         if self.config["epoch"] > 0 and self.start_epoch == 0:
-            self._resume_from(self.config["epoch"])
+            self._resume_from(self.config["epoch"], train_loader)
         if self._resumed_rng is not None:
             checkpoint.set_rng_state(self._resumed_rng, self._data_generator)
             self._resumed_rng = None
@@ -343,11 +343,18 @@ class TrafficStateExecutor:
         self._close_writer()
         return self.best_val_loss
 
-    def _resume_from(self, epoch: int) -> None:
-        """Load epoch ``epoch``'s checkpoint, and the best epoch so far from its own checkpoint."""
+    def _resume_from(self, epoch: int, train_loader: Iterable = ()) -> None:
+        """Load epoch ``epoch``'s checkpoint, and the best epoch so far from its own checkpoint; or
+        continue from LibCity's epoch checkpoint (fine-tuning a model LibCity trained)."""
         fix = ("Resume from another epoch's checkpoint (--epoch K of another *_epoch<K>.tar beside it), or train "
                "again with a new --exp_id.")
-        state = self.read_checkpoint(self._existing_epoch_file(epoch), f"the checkpoint --epoch {epoch} resumes from", fix)
+        path = self._existing_epoch_file(epoch)
+        what = f"the checkpoint --epoch {epoch} resumes from"
+        content = checkpoint.load_file(path, self.device, what, fix)
+        if checkpoint.is_libcitys_epoch(content):
+            self._continue_libcitys(path, content, epoch, train_loader)
+            return
+        state = self._take_own(path, content, what, fix)
         best = state
         if state["best_epoch"] != epoch:
             path = self.epoch_file(state["best_epoch"])
@@ -362,6 +369,41 @@ class TrafficStateExecutor:
         # A copy: the optimiser may share its state tensors with the dict it was loaded from.
         self.best_state = copy.deepcopy(best)
         self.logger.info("Resuming training after epoch %d (best epoch so far %d)", epoch, self.best_epoch)
+
+    def _continue_libcitys(self, path: Path, content: Mapping[str, Any], epoch: int, train_loader: Iterable) -> None:
+        """Continue training after epoch ``epoch`` from LibCity's ``*_epoch<K>.tar``: its model and
+        optimiser state. It records no scheduler, best epoch or random state: the scheduler continues
+        at the epoch count, the best epoch is chosen among the epochs trained from here, and the
+        random state is this run's seed. Curricula count ``epoch + 1`` epochs of batches as seen."""
+        if content["epoch"] != epoch:
+            raise LibTrafficError(
+                f"{path} is LibCity's checkpoint of epoch {content['epoch']}, not of epoch {epoch} as its name says. "
+                f"Rename it to match its epoch, or resume with --epoch {content['epoch']}.")
+        self._load_libcity_weights(path, content["model_state_dict"])
+        try:
+            saved = content["optimizer_state_dict"]
+            wanted = {k for group in self.optimizer.param_groups for k in group if k != "params"}
+            missing = wanted - {k for group in saved["param_groups"] for k in group}
+            if missing:  # torch loads another optimiser's state without a word, then fails in step()
+                raise ValueError(f"its parameter groups lack {', '.join(sorted(missing))}")
+            self.optimizer.load_state_dict(saved)
+        except (ValueError, KeyError, TypeError) as err:
+            raise LibTrafficError(
+                f"{path} is LibCity's checkpoint, but its optimiser state does not fit this run's --learner "
+                f"{self.config['learner']} ({err}). Use the learner LibCity trained it with (see the config at the "
+                "top of LibCity's log).") from err
+        self.start_epoch = epoch + 1
+        if self.lr_scheduler is not None and not isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            # The optimiser's learning rate is LibCity's after epoch K; the scheduler only needs its count.
+            self.lr_scheduler.last_epoch = self.start_epoch
+            self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        try:
+            self.batches_seen = self.start_epoch * len(train_loader)
+        except TypeError:
+            self.batches_seen = 0
+        self.logger.info(
+            "Continuing LibCity's training after its epoch %d (model and optimiser from %s); the best epoch is "
+            "chosen among the epochs trained from here", epoch, path)
 
     def _existing_epoch_file(self, epoch: int) -> Path:
         path = self.epoch_file(epoch)
