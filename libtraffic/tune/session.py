@@ -129,7 +129,7 @@ def _check_reachable(address: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as err:
         raise LibTrafficError(f"Nothing answers at the Ray cluster address {address} ({err.strerror or err}). Start "
-                              "the cluster with `ray start --head` (see the README, 'Running on a Ray cluster') or "
+                              "the cluster with `ray start --head` (see docs/cluster.md) or "
                               "fix --ray_address / RAY_ADDRESS.") from err
 
 
@@ -158,7 +158,7 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
         ray.init(**kwargs)
     except (ConnectionError, ValueError) as err:
         raise LibTrafficError(f"Cannot join the Ray cluster at {address}: {err}. Start it with `ray start --head` "
-                              "(see the README, 'Running on a Ray cluster') or fix --ray_address / RAY_ADDRESS.") from err
+                              "(see docs/cluster.md) or fix --ray_address / RAY_ADDRESS.") from err
     finally:
         shutil.rmtree(code, ignore_errors=True)  # uploaded by ray.init
     return Session(owned=True, address=address, watchdog=_start_watchdog() if address is None else None)
@@ -222,7 +222,7 @@ def check_storage_shared(session: Session, storage: str) -> None:
         raise LibTrafficError(
             f"--storage_path {storage} is a folder only this machine can see: node(s) {', '.join(blind)} of "
             f"{session.describe()} cannot reach it, so their trials' checkpoints would be lost. Pass a folder every "
-            "node mounts (NFS) or a URI such as s3://bucket/path (see the README, 'Running on a Ray cluster')."
+            "node mounts (NFS) or a URI such as s3://bucket/path (see docs/cluster.md)."
         )
 
 
