@@ -46,7 +46,10 @@ class TGCNCell(nn.Module):
         super().__init__()
         self.num_units = num_units
         self.input_dim = input_dim
-        self.register_buffer("support", support, persistent=False)  # S [N, N]; not in LibCity's state_dict
+        # S and S^T as sparse matrices (S has about as many entries per row as a sensor has
+        # neighbours); buffers, so they follow the model's device, but not in LibCity's state_dict.
+        self.register_buffer("support", support.to_sparse().coalesce(), persistent=False)
+        self.register_buffer("support_t", support.t().to_sparse().coalesce(), persistent=False)
         size = input_dim + num_units
         # LibCity's registration order and initialisation (xavier normal weights, zero biases), so a
         # seed draws LibCity's initial weights.
@@ -60,27 +63,128 @@ class TGCNCell(nn.Module):
     def run(self, inputs: Tensor) -> Tensor:
         """The cell over a sequence from h = 0: inputs [T, N, B, C] -> the last state [N, B, H]."""
         steps, nodes, batch, channels = inputs.shape
-        hidden, c = self.num_units, self.input_dim
-        # The input's share of both convolutions, all steps at once: [T, N*B, 2H] and [T, N*B, H].
-        mixed = (self.support @ inputs.permute(1, 0, 2, 3).reshape(nodes, -1))  # S x: [N, T*B*C]
+        # S x_t for all steps at once (the input's share of both convolutions): [T, N*B, C].
+        mixed = torch.mm(self.support, inputs.permute(1, 0, 2, 3).reshape(nodes, -1))  # [N, T*B*C]
         mixed = mixed.view(nodes, steps, batch * channels).transpose(0, 1).reshape(steps, nodes * batch, channels)
-        gate_terms = torch.baddbmm(self.bias_0, mixed, self.weights_0[:c].expand(steps, -1, -1))
-        cand_terms = torch.baddbmm(self.bias_1, mixed, self.weights_1[:c].expand(steps, -1, -1))
-        gate_h, cand_h = self.weights_0[c:], self.weights_1[c:]  # [H, 2H], [H, H]
-        state = None  # h = 0
-        for gate_pre, cand_pre in zip(gate_terms.unbind(0), cand_terms.unbind(0)):  # [N*B, 2H], [N*B, H]
-            if state is None:
-                u = torch.sigmoid(gate_pre[:, hidden:])
-                state = (1 - u) * torch.tanh(cand_pre)  # r * 0 = 0: the candidate sees the input only
-                continue
-            r, u = torch.sigmoid(torch.addmm(gate_pre, self._mix(state, nodes), gate_h)).split(hidden, dim=1)
-            candidate = torch.tanh(torch.addmm(cand_pre, self._mix(r * state, nodes), cand_h))
-            state = torch.lerp(candidate, state, u)  # u * h + (1 - u) * c
-        return state.view(nodes, batch, hidden)
+        args = (mixed, self.weights_0, self.bias_0, self.weights_1, self.bias_1, self.support, self.support_t)
+        if torch.is_grad_enabled() and any(a.requires_grad for a in args[:5]):
+            state = GraphGRU.apply(*args)
+        else:
+            state = graph_gru_forward(*args[:6], keep=False)[0]
+        return state.view(nodes, batch, self.num_units)
 
-    def _mix(self, z: Tensor, nodes: int) -> Tensor:
-        """S z for z [N*B, H] (node-major rows): [N*B, H]."""
-        return (self.support @ z.view(nodes, -1)).view(z.shape)
+
+def _mix(support: Tensor, z: Tensor, out: Tensor, accumulate: bool = False) -> Tensor:
+    """out = S z (or out += S z) for node-major z [N*B, C] and S [N, N] sparse: [N*B, C]."""
+    z, target = z.view(support.shape[1], -1), out.view(support.shape[0], -1)
+    if accumulate:
+        torch.addmm(target, support, z, out=target)
+    else:
+        torch.mm(support, z, out=target)
+    return out
+
+
+def graph_gru_forward(mixed: Tensor, weights_0: Tensor, bias_0: Tensor, weights_1: Tensor, bias_1: Tensor,
+                      support: Tensor, keep: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    """The recurrence from h_0 = 0 over node-major rows (n, b); returns h_T [N*B, H] and, with
+    ``keep``, what the backward pass needs (every step's state, gates, candidate, mixed states).
+
+    mixed [T, N*B, C]: S x_t. With m = S h and the weights' rows split into input (x) and state (h):
+    z = sigmoid(S x_t W0x + m W0h + b0) = [r, u];  q = S (r h);  c = tanh(S x_t W1x + q W1h + b1);
+    h' = u h + (1 - u) c. Buffers are allocated once; the steps write into them.
+    """
+    steps, rows, channels = mixed.shape
+    hidden = bias_1.shape[0]
+    w0x, w0h, w1x, w1h = weights_0[:channels], weights_0[channels:], weights_1[:channels], weights_1[channels:]
+    slots = steps if keep else 1
+    new = mixed.new_empty
+    states = new(steps + 1 if keep else 2, rows, hidden)  # h_0 .. h_T (or two in turn)
+    gates, cands = new(slots, rows, 2 * hidden), new(slots, rows, hidden)
+    mixed_h, mixed_q = new(slots, rows, hidden), new(slots, rows, hidden)  # S h, S (r h); unused at t = 0
+    states[0].zero_()
+    for t in range(steps):
+        i = t if keep else 0
+        h, h_next = (states[t], states[t + 1]) if keep else (states[t % 2], states[(t + 1) % 2])
+        z, cand = torch.addmm(bias_0, mixed[t], w0x, out=gates[i]), torch.addmm(bias_1, mixed[t], w1x, out=cands[i])
+        if t > 0:  # at t = 0, h = 0 and both convolutions of the state are 0
+            z.addmm_(_mix(support, h, mixed_h[i]), w0h)
+        z.sigmoid_()
+        if t > 0:
+            q = torch.mul(z[:, :hidden], h, out=h_next)  # r h, kept in h' until h' is computed
+            cand.addmm_(_mix(support, q, mixed_q[i]), w1h)
+        cand.tanh_()
+        torch.lerp(cand, h, z[:, hidden:], out=h_next)  # c + u (h - c)
+    saved = {"states": states, "gates": gates, "cands": cands, "mixed_h": mixed_h, "mixed_q": mixed_q}
+    return states[steps if keep else steps % 2], saved
+
+
+def graph_gru_backward(grad: Tensor, mixed: Tensor, weights_0: Tensor, weights_1: Tensor, support_t: Tensor,
+                       saved: dict[str, Tensor], input_grad: bool) -> tuple[Tensor | None, ...]:
+    """Back-propagation through time of graph_gru_forward: from the gradient of h_T [N*B, H], the
+    gradients of mixed (when ``input_grad``), weights_0, bias_0, weights_1 and bias_1."""
+    states, gates, cands = saved["states"], saved["gates"], saved["cands"]
+    steps, rows, hidden = cands.shape
+    channels = mixed.shape[-1]
+    w0h, w1h = weights_0[channels:], weights_1[channels:]
+    d_r, d_u, d_c = (torch.empty_like(cands) for _ in range(3))  # per step, before the activations
+    dh, dh_prev = grad.clone(), torch.empty_like(grad)
+    scratch, d_mixed = torch.empty_like(grad), torch.empty_like(grad)
+    for t in reversed(range(steps)):
+        h, z, cand = states[t], gates[t], cands[t]
+        r, u = z[:, :hidden], z[:, hidden:]
+        dr, du, dc = d_r[t], d_u[t], d_c[t]
+        torch.sub(h, cand, out=du).mul_(dh)                # dL/du = dh (h - c)
+        torch.mul(dh, u, out=dh_prev)                      # through u h
+        torch.sub(dh, dh_prev, out=dc)                     # dL/dc = dh (1 - u)
+        torch.mul(dc, cand, out=scratch)
+        dc.addcmul_(scratch, cand, value=-1)               # through tanh: (1 - c^2)
+        du.mul_(u).addcmul_(du, u, value=-1)               # through sigmoid: u (1 - u)
+        if t == 0:  # h_0 = 0: r multiplies nothing and nothing flows further back
+            dr.zero_()
+            break
+        _mix(support_t, torch.mm(dc, w1h.t(), out=scratch), d_mixed)  # dL/d(r h) = S^T (dc W1h^T)
+        torch.mul(d_mixed, h, out=dr)                      # dL/dr
+        dh_prev.addcmul_(d_mixed, r)                       # through r h
+        dr.mul_(r).addcmul_(dr, r, value=-1)               # through sigmoid
+        torch.mm(dr, w0h[:, :hidden].t(), out=scratch).addmm_(du, w0h[:, hidden:].t())
+        _mix(support_t, scratch, dh_prev, accumulate=True)  # through S h
+        dh, dh_prev = dh_prev, dh
+    # Every step's share of the weight gradients in one product per block (the state rows get
+    # nothing from step 0, where h = 0).
+    x_all = mixed.reshape(-1, channels).t()
+    m_all = saved["mixed_h"][1:].reshape(-1, hidden).t()
+    q_all = saved["mixed_q"][1:].reshape(-1, hidden).t()
+    flat = [d.reshape(-1, hidden) for d in (d_r, d_u, d_c)]
+    late = [d[1:].reshape(-1, hidden) for d in (d_r, d_u, d_c)]
+    d_w0 = torch.cat([torch.cat([x_all @ flat[0], x_all @ flat[1]], 1), torch.cat([m_all @ late[0], m_all @ late[1]], 1)])
+    d_w1 = torch.cat([x_all @ flat[2], q_all @ late[2]])
+    d_b0 = torch.cat([flat[0].sum(0), flat[1].sum(0)])
+    d_b1 = flat[2].sum(0)
+    d_x = None
+    if input_grad:
+        w0x, w1x = weights_0[:channels], weights_1[:channels]
+        d_x = (flat[0] @ w0x[:, :hidden].t() + flat[1] @ w0x[:, hidden:].t() + flat[2] @ w1x.t()).view_as(mixed)
+    return d_x, d_w0, d_b0, d_w1, d_b1
+
+
+class GraphGRU(torch.autograd.Function):
+    """graph_gru_forward with its hand-written backward pass (one set of buffers, no autograd graph
+    per step)."""
+
+    @staticmethod
+    def forward(ctx: Any, mixed: Tensor, weights_0: Tensor, bias_0: Tensor, weights_1: Tensor, bias_1: Tensor,
+                support: Tensor, support_t: Tensor) -> Tensor:
+        state, saved = graph_gru_forward(mixed, weights_0, bias_0, weights_1, bias_1, support, keep=True)
+        ctx.names = list(saved)
+        ctx.save_for_backward(mixed, weights_0, weights_1, support_t, *saved.values())  # freed after backward
+        return state
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        mixed, weights_0, weights_1, support_t, *saved = ctx.saved_tensors
+        grads = graph_gru_backward(grad.contiguous(), mixed, weights_0, weights_1, support_t,
+                                   dict(zip(ctx.names, saved)), ctx.needs_input_grad[0])
+        return (*grads, None, None)
 
 
 class TGCN(TrafficStateModel):
