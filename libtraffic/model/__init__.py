@@ -13,15 +13,16 @@ from libtraffic.model.mtgnn import MTGNN
 from libtraffic.model.rnn import RNN
 from libtraffic.model.stgcn import STGCN
 from libtraffic.model.stid import STID
+from libtraffic.model.tgcn import TGCN
 from libtraffic.utils.registry import lookup
 
 # Model name (as in task_config.json) -> class. GRU, LSTM and RNN share one class.
 MODELS = {"GRU": RNN, "LSTM": RNN, "RNN": RNN, "STID": STID, "GWNET": GWNET, "STGCN": STGCN, "AGCRN": AGCRN,
-          "MTGNN": MTGNN}
+          "MTGNN": MTGNN, "TGCN": TGCN}
 
 
 def get_model(config: Mapping[str, Any], data_feature: Mapping[str, Any]) -> nn.Module:
     return lookup(MODELS, config["model"], "model", where="--model")(config, data_feature)
 
 
-__all__ = ["AGCRN", "GWNET", "MODELS", "MTGNN", "RNN", "STGCN", "STID", "get_model"]
+__all__ = ["AGCRN", "GWNET", "MODELS", "MTGNN", "RNN", "STGCN", "STID", "TGCN", "get_model"]

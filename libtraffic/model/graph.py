@@ -59,9 +59,12 @@ def scaled_laplacian(adj: np.ndarray, lambda_max: float | None = 2.0, undirected
 
 
 def self_loop_normalized(adj: np.ndarray) -> np.ndarray:
-    """D~^-1/2 (A + I)^T D~^-1/2, D~ the row sums of A + I (TGCN's graph convolution)."""
-    adj = np.asarray(adj, dtype=np.float32)
-    return sym_normalized(adj + np.eye(len(adj), dtype=np.float32))
+    """D~^-1/2 (A + I)^T D~^-1/2, D~ the row sums of A + I (TGCN's graph convolution).
+
+    Computed in float64 (LibCity adds a float64 sparse identity) and rounded to float32 once."""
+    adj = np.asarray(adj, dtype=np.float64) + np.eye(len(adj))
+    d = _inverse(adj.sum(1), -0.5)
+    return (d[:, None] * adj.T * d[None, :]).astype(np.float32)
 
 
 def chebyshev_laplacian(adj: np.ndarray) -> np.ndarray:
