@@ -31,8 +31,9 @@ speed (the numbers agree to float rounding):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,17 +48,24 @@ from libtraffic.utils.registry import lookup
 DENSE_ABOVE = 0.2
 
 
-class _SparseProduct(torch.autograd.Function):
-    """S @ x for a sparse S, with S^T given for the gradient (x only; S is fixed)."""
+class _Hop(torch.autograd.Function):
+    """alpha S @ x1 + beta x0 (x0 None: S @ x1) for a fixed S, sparse or dense, in one product.
+
+    ``mats`` = (S, alpha S^T): the backward pass multiplies the gradient by alpha S^T directly.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, support: Tensor, support_t: Tensor) -> Tensor:
-        ctx.support_t = support_t
-        return support @ x
+    def forward(ctx: Any, x1: Tensor, x0: Tensor | None, mats: tuple[Tensor, Tensor, Tensor], alpha: float,
+                beta: float) -> Tensor:
+        ctx.scaled_t, ctx.beta = mats[2] if alpha == 2 else mats[1], beta
+        if x0 is None:
+            return torch.mm(mats[0], x1)
+        return torch.addmm(x0, mats[0], x1, beta=beta, alpha=alpha)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        return ctx.support_t @ grad, None, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor | None, None, None, None]:
+        grad_x0 = -grad if ctx.beta == -1 else ctx.beta * grad
+        return torch.mm(ctx.scaled_t, grad), grad_x0 if ctx.needs_input_grad[1] else None, None, None, None
 
 
 class Diffusion:
@@ -67,33 +75,35 @@ class Diffusion:
     def __init__(self, supports: Tensor, max_diffusion_step: int) -> None:
         self.steps = max_diffusion_step
         self.sparse = bool(supports.numel()) and (supports != 0).float().mean().item() <= DENSE_ABOVE
-        if self.sparse:
-            self.mats = [(s.to_sparse_csr(), s.t().contiguous().to_sparse_csr()) for s in supports]
-        else:
-            self.mats = list(supports)
+        convert = _csr if self.sparse else (lambda m: m)
+        # (S, S^T, 2 S^T) per support: a hop, and the gradient of a first and of a later hop.
+        self.mats = [tuple(convert(m) for m in (s, s.t().contiguous(), 2 * s.t())) for s in supports]
 
     @property
     def num_terms(self) -> int:
         return len(self.mats) * self.steps + 1
-
-    def _hop(self, mat: Any, x: Tensor) -> Tensor:
-        return _SparseProduct.apply(x, *mat) if self.sparse else mat @ x
 
     def terms(self, x: Tensor) -> Tensor:
         """x [N, *rest, C] -> its terms [N, *rest, K, C], K = num_terms, in LibCity's order."""
         flat = x.reshape(x.shape[0], -1)
         terms, x0 = [flat], flat
         if self.steps > 0:
-            for mat in self.mats:
-                x1 = self._hop(mat, x0)
+            for mats in self.mats:
+                x1 = _Hop.apply(x0, None, mats, 1.0, 0.0)
                 terms.append(x1)
                 for _ in range(2, self.steps + 1):
-                    x2 = 2 * self._hop(mat, x1) - x0
+                    x2 = _Hop.apply(x1, x0, mats, 2.0, -1.0)  # 2 S x1 - x0
                     terms.append(x2)
                     x1, x0 = x2, x1
         nodes, channels = x.shape[0], x.shape[-1]
         stacked = torch.stack([term.view(nodes, -1, channels) for term in terms], dim=2)  # [N, rest, K, C]
         return stacked.view(*x.shape[:-1], len(terms), channels)
+
+
+def _csr(matrix: Tensor) -> Tensor:
+    with warnings.catch_warnings():  # torch calls its CSR support beta; products with it are what we use
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return matrix.to_sparse_csr()
 
 
 class GCONV(nn.Module):
@@ -118,6 +128,16 @@ class GCONV(nn.Module):
                 h_part.transpose(0, 1).reshape(-1, self.weight.shape[1]))
 
 
+class CellWeights(NamedTuple):
+    """A DCGRU cell's weights split by input, for one forward pass: gates (fn) and candidate (gc),
+    x rows and h rows, [K * C, C_out] each."""
+
+    fn_x: Tensor
+    fn_h: Tensor
+    gc_x: Tensor
+    gc_h: Tensor
+
+
 class DCGRUCell(nn.Module):
     """A GRU over the graph whose gates (_fn) and candidate (_gconv) are diffusion convolutions."""
 
@@ -127,28 +147,29 @@ class DCGRUCell(nn.Module):
         self._fn = GCONV(num_terms, input_dim, num_units, 2 * num_units, bias_start=1.0)
         self._gconv = GCONV(num_terms, input_dim, num_units, num_units, bias_start=0.0)
 
-    def input_terms(self, x_terms: Tensor) -> tuple[Tensor, Tensor]:
+    def weights(self) -> CellWeights:
+        return CellWeights(*self._fn.split_weight(), *self._gconv.split_weight())
+
+    def input_terms(self, x_terms: Tensor, w: CellWeights) -> tuple[Tensor, Tensor]:
         """The x parts (and biases) of both convolutions from x's diffusion terms [..., K, C_in]:
         ([..., 2H], [..., H])."""
         flat = x_terms.flatten(-2)
-        (fn_x, _), (gc_x, _) = self._fn.split_weight(), self._gconv.split_weight()
-        return (torch.addmm(self._fn.biases, flat.reshape(-1, flat.shape[-1]), fn_x).view(*flat.shape[:-1], -1),
-                torch.addmm(self._gconv.biases, flat.reshape(-1, flat.shape[-1]), gc_x).view(*flat.shape[:-1], -1))
+        rows = flat.reshape(-1, flat.shape[-1])
+        return (torch.addmm(self._fn.biases, rows, w.fn_x).view(*flat.shape[:-1], -1),
+                torch.addmm(self._gconv.biases, rows, w.gc_x).view(*flat.shape[:-1], -1))
 
-    def step(self, fn_x: Tensor, gc_x: Tensor, h: Tensor | None, diffusion: Diffusion) -> Tensor:
-        """One step from the x parts fn_x [N, B, 2H], gc_x [N, B, H] and the state h [N, B, H]
-        (None: the zero state) -> the new state [N, B, H]."""
+    def step(self, fn_x: Tensor, gc_x: Tensor, h: Tensor | None, diffusion: Diffusion, w: CellWeights) -> Tensor:
+        """One step from the x parts fn_x [N, B, 2H], gc_x [N, B, H] (contiguous) and the state
+        h [N, B, H] (None: the zero state) -> the new state [N, B, H]."""
+        hidden = self.num_units
         if h is None:
-            u = torch.sigmoid(fn_x)[..., self.num_units:]
+            u = torch.sigmoid(fn_x[..., hidden:])
             return (1.0 - u) * torch.tanh(gc_x)
-        nodes, batch, hidden = h.shape
-        _, fn_h = self._fn.split_weight()
-        _, gc_h = self._gconv.split_weight()
-        gates = torch.addmm(fn_x.reshape(-1, 2 * hidden), diffusion.terms(h).view(nodes * batch, -1), fn_h)
+        nodes, batch, _ = h.shape
+        gates = torch.addmm(fn_x.view(-1, 2 * hidden), diffusion.terms(h).view(nodes * batch, -1), w.fn_h)
         r, u = torch.sigmoid(gates).view(nodes, batch, 2 * hidden).split(hidden, dim=-1)
-        c = torch.addmm(gc_x.reshape(-1, hidden), diffusion.terms(r * h).view(nodes * batch, -1), gc_h)
-        c = torch.tanh(c).view(nodes, batch, hidden)
-        return u * h + (1.0 - u) * c
+        c = torch.addmm(gc_x.view(-1, hidden), diffusion.terms(r * h).view(nodes * batch, -1), w.gc_h)
+        return torch.lerp(torch.tanh(c).view(nodes, batch, hidden), h, u)  # u h + (1 - u) c
 
 
 class EncoderModel(nn.Module):
@@ -164,10 +185,12 @@ class EncoderModel(nn.Module):
         known for all steps before its recurrence, so their terms are computed at once."""
         finals = []
         for cell in self.dcgru_layers:
-            fn_x, gc_x = cell.input_terms(diffusion.terms(x))  # [N, T, B, 2H], [N, T, B, H]
+            w = cell.weights()
+            fn_x, gc_x = cell.input_terms(diffusion.terms(x), w)  # [N, T, B, 2H], [N, T, B, H]
             h, states = None, []
-            for t in range(x.shape[1]):
-                h = cell.step(fn_x[:, t], gc_x[:, t], h, diffusion)
+            # Step-major copies: each step's part is then a contiguous view.
+            for fn_t, gc_t in zip(fn_x.transpose(0, 1).contiguous().unbind(0), gc_x.transpose(0, 1).contiguous().unbind(0)):
+                h = cell.step(fn_t, gc_t, h, diffusion, w)
                 states.append(h)
             finals.append(h)
             x = torch.stack(states, dim=1)
@@ -183,12 +206,13 @@ class DecoderModel(nn.Module):
         dims = [output_dim] + [rnn_units] * (num_layers - 1)
         self.dcgru_layers = nn.ModuleList(DCGRUCell(d, rnn_units, num_terms) for d in dims)
 
-    def forward(self, x: Tensor, states: list[Tensor], diffusion: Diffusion) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, states: list[Tensor], diffusion: Diffusion,
+                weights: list[CellWeights]) -> tuple[Tensor, list[Tensor]]:
         """One step: x [N, B, output_dim], states per layer [N, B, H] -> (output [N, B, output_dim], states)."""
         new_states = []
-        for cell, h in zip(self.dcgru_layers, states):
-            fn_x, gc_x = cell.input_terms(diffusion.terms(x))
-            x = cell.step(fn_x, gc_x, h, diffusion)
+        for cell, h, w in zip(self.dcgru_layers, states, weights):
+            fn_x, gc_x = cell.input_terms(diffusion.terms(x), w)
+            x = cell.step(fn_x, gc_x, h, diffusion, w)
             new_states.append(x)
         return self.projection_layer(x), new_states
 
@@ -226,12 +250,13 @@ class DCRNN(TrafficStateModel):
                     "DCRNN's curriculum learning needs the number of batches seen, which DCRNNExecutor passes: "
                     "train DCRNN with --executor DCRNNExecutor (its task_config default), or set "
                     "--use_curriculum_learning false.")
-            labels = batch["y"][..., : self.output_dim].permute(1, 2, 0, 3)  # [T_out, N, B, output_dim]
+            labels = batch["y"][..., : self.output_dim].permute(1, 2, 0, 3).unbind(0)  # T_out x [N, B, output_dim]
             threshold = self.sampling_threshold(batches_seen)
+        weights = [cell.weights() for cell in self.decoder_model.dcgru_layers]
         step_input = x.new_zeros(x.shape[0], x.shape[2], self.output_dim)   # the GO symbol
         outputs = []
         for t in range(self.output_window):
-            output, states = self.decoder_model(step_input, states, diffusion)
+            output, states = self.decoder_model(step_input, states, diffusion, weights)
             outputs.append(output)
             # LibCity draws from numpy's global generator at every step, the last included.
             step_input = labels[t] if teacher and np.random.uniform(0, 1) < threshold else output
