@@ -49,23 +49,19 @@ DENSE_ABOVE = 0.2
 
 
 class _Hop(torch.autograd.Function):
-    """alpha S @ x1 + beta x0 (x0 None: S @ x1) for a fixed S, sparse or dense, in one product.
-
-    ``mats`` = (S, alpha S^T): the backward pass multiplies the gradient by alpha S^T directly.
-    """
+    """One diffusion hop with a fixed support S (sparse or dense), in one product: S x1, or
+    2 S x1 - x0 when x0 is given. ``mats`` = (S, S^T, 2 S^T), the last two for the gradient of x1."""
 
     @staticmethod
-    def forward(ctx: Any, x1: Tensor, x0: Tensor | None, mats: tuple[Tensor, Tensor, Tensor], alpha: float,
-                beta: float) -> Tensor:
-        ctx.scaled_t, ctx.beta = mats[2] if alpha == 2 else mats[1], beta
+    def forward(ctx: Any, x1: Tensor, x0: Tensor | None, mats: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        ctx.grad_mat = mats[1] if x0 is None else mats[2]
         if x0 is None:
             return torch.mm(mats[0], x1)
-        return torch.addmm(x0, mats[0], x1, beta=beta, alpha=alpha)
+        return torch.addmm(x0, mats[0], x1, beta=-1, alpha=2)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor | None, None, None, None]:
-        grad_x0 = -grad if ctx.beta == -1 else ctx.beta * grad
-        return torch.mm(ctx.scaled_t, grad), grad_x0 if ctx.needs_input_grad[1] else None, None, None, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:
+        return torch.mm(ctx.grad_mat, grad), -grad if ctx.needs_input_grad[1] else None, None
 
 
 class Diffusion:
@@ -89,10 +85,10 @@ class Diffusion:
         terms, x0 = [flat], flat
         if self.steps > 0:
             for mats in self.mats:
-                x1 = _Hop.apply(x0, None, mats, 1.0, 0.0)
+                x1 = _Hop.apply(x0, None, mats)
                 terms.append(x1)
                 for _ in range(2, self.steps + 1):
-                    x2 = _Hop.apply(x1, x0, mats, 2.0, -1.0)  # 2 S x1 - x0
+                    x2 = _Hop.apply(x1, x0, mats)  # 2 S x1 - x0
                     terms.append(x2)
                     x1, x0 = x2, x1
         nodes, channels = x.shape[0], x.shape[-1]
