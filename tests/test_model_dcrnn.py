@@ -204,6 +204,21 @@ def test_sparse_and_dense_products_give_the_same_outputs_and_gradients() -> None
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_the_cpus_outputs_and_gradients() -> None:
+    net = make_dcrnn(rnn_units=6).eval()
+    batch = {"X": torch.randn(4, 12, 7, 2), "y": torch.randn(4, 12, 7, 2)}
+    results = []
+    for device in ("cpu", "cuda"):
+        net.to(device).zero_grad()
+        out = net.predict({k: v.to(device) for k, v in batch.items()})
+        out.square().sum().backward()
+        results.append((out.detach().cpu(), [p.grad.cpu() for p in net.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
 # ----- curriculum learning -----
 
 def test_sampling_threshold_by_hand() -> None:
