@@ -17,7 +17,7 @@ from libtraffic.data.synthetic import BUILTIN_DATASETS, write_synthetic_dataset
 from libtraffic.pipeline import run_model
 from libtraffic.utils.errors import LibTrafficError
 
-MODELS = ("GRU", "LSTM", "STID", "AGCRN", "MTGNN", "TGCN")
+MODELS = ("GRU", "LSTM", "STID", "DCRNN", "AGCRN", "MTGNN", "TGCN")
 PADDED = ("GRU", "STID", "TGCN")  # also scored on LibCity's padded test split
 EVALUATE = ["--task", "traffic_state_pred", "--dataset", "SYNTH_LA", "--train", "false"]
 

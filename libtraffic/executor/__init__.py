@@ -8,11 +8,12 @@ from typing import Any
 
 from torch import nn
 
+from libtraffic.executor.dcrnn_executor import DCRNNExecutor
 from libtraffic.executor.mtgnn_executor import MTGNNExecutor
 from libtraffic.executor.traffic_state_executor import TrafficStateExecutor
 from libtraffic.utils.registry import lookup
 
-EXECUTORS = {"TrafficStateExecutor": TrafficStateExecutor, "MTGNNExecutor": MTGNNExecutor}
+EXECUTORS = {"TrafficStateExecutor": TrafficStateExecutor, "DCRNNExecutor": DCRNNExecutor, "MTGNNExecutor": MTGNNExecutor}
 
 
 def get_executor(config: Mapping[str, Any], model: nn.Module, data_feature: Mapping[str, Any],
@@ -21,4 +22,4 @@ def get_executor(config: Mapping[str, Any], model: nn.Module, data_feature: Mapp
     return cls(config, model, data_feature, logger)
 
 
-__all__ = ["EXECUTORS", "MTGNNExecutor", "TrafficStateExecutor", "get_executor"]
+__all__ = ["DCRNNExecutor", "EXECUTORS", "MTGNNExecutor", "TrafficStateExecutor", "get_executor"]

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from libtraffic.model.agcrn import AGCRN
+from libtraffic.model.dcrnn import DCRNN
 from libtraffic.model.gwnet import GWNET
 from libtraffic.model.mtgnn import MTGNN
 from libtraffic.model.rnn import RNN
@@ -17,12 +18,12 @@ from libtraffic.model.tgcn import TGCN
 from libtraffic.utils.registry import lookup
 
 # Model name (as in task_config.json) -> class. GRU, LSTM and RNN share one class.
-MODELS = {"GRU": RNN, "LSTM": RNN, "RNN": RNN, "STID": STID, "GWNET": GWNET, "STGCN": STGCN, "AGCRN": AGCRN,
-          "MTGNN": MTGNN, "TGCN": TGCN}
+MODELS = {"GRU": RNN, "LSTM": RNN, "RNN": RNN, "STID": STID, "GWNET": GWNET, "STGCN": STGCN, "DCRNN": DCRNN,
+          "AGCRN": AGCRN, "MTGNN": MTGNN, "TGCN": TGCN}
 
 
 def get_model(config: Mapping[str, Any], data_feature: Mapping[str, Any]) -> nn.Module:
     return lookup(MODELS, config["model"], "model", where="--model")(config, data_feature)
 
 
-__all__ = ["AGCRN", "GWNET", "MODELS", "MTGNN", "RNN", "STGCN", "STID", "TGCN", "get_model"]
+__all__ = ["AGCRN", "DCRNN", "GWNET", "MODELS", "MTGNN", "RNN", "STGCN", "STID", "TGCN", "get_model"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.sparse.linalg import eigsh
 
 from libtraffic.utils.errors import LibTrafficError
 
@@ -47,14 +46,21 @@ def normalized_laplacian(adj: np.ndarray) -> np.ndarray:
 def scaled_laplacian(adj: np.ndarray, lambda_max: float | None = 2.0, undirected: bool = True) -> np.ndarray:
     """2 L / lambda_max - I, L the normalized Laplacian of max(A, A^T) when ``undirected``.
 
-    ``lambda_max`` None: the eigenvalue of largest magnitude of L (DCRNN's 'laplacian' filter).
+    ``lambda_max`` None: the eigenvalue of largest magnitude of L (DCRNN's 'laplacian' filter; LibCity
+    asks ARPACK for it, here the symmetric eigensolver gives it, also for a graph of one node).
     """
     adj = np.asarray(adj, dtype=np.float32)
     if undirected:
         adj = np.maximum(adj, adj.T)
     lap = normalized_laplacian(adj).astype(np.float64)
     if lambda_max is None:
-        lambda_max = float(eigsh(lap, 1, which="LM", return_eigenvectors=False)[0])
+        eigenvalues = np.linalg.eigvalsh(lap) if undirected else np.linalg.eigvals(lap).real
+        lambda_max = float(eigenvalues[np.argmax(np.abs(eigenvalues))])
+        if abs(lambda_max) < 1e-8:
+            raise LibTrafficError(
+                "The graph's normalized Laplacian is 0 (every sensor's only edge is a self-loop), so it cannot be "
+                "scaled by its largest eigenvalue. Give the dataset a .rel file with edges between sensors, or use "
+                "another --filter_type.")
     return (2.0 / lambda_max * lap - np.eye(len(lap))).astype(np.float32)
 
 
@@ -129,11 +135,39 @@ GWNET_SUPPORTS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
     "identity": lambda a: [identity(a)],
 }
 
-#: DCRNN's ``filter_type`` -> its diffusion supports. LibCity multiplies by the transposed random walk.
+def reversed_row_values(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` with each row's nonzero values in reverse order over that row's nonzero positions.
+
+    Row [0, a, 0, b, c] becomes [0, c, 0, b, a]. This is the matrix LibCity's DCRNN multiplies by
+    when it is given the random-walk matrix D^-1 A: its sparse product with the diagonal lists each
+    row's entries from the last column to the first, and LibCity pairs those values with positions
+    sorted from the first column to the last.
+    """
+    matrix = np.asarray(matrix)
+    out = np.zeros_like(matrix)
+    rows, cols = np.nonzero(matrix)  # row-major: each row's columns ascending
+    starts = np.searchsorted(rows, rows, side="left")
+    ends = np.searchsorted(rows, rows, side="right")
+    source = starts + ends - 1 - np.arange(len(rows))  # the mirror position within the same row
+    out[rows, cols] = matrix[rows[source], cols[source]]
+    return out
+
+
+#: DCRNN's ``filter_type`` -> its diffusion supports (the graph signal is multiplied by each from the
+#: left). LibCity uses the transposed random walk, so a hop sends a sensor's reading along its edges.
 DCRNN_SUPPORTS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
     "laplacian": lambda a: [scaled_laplacian(a, lambda_max=None)],
     "random_walk": lambda a: [random_walk(a).T],
     "dual_random_walk": lambda a: [random_walk(a).T, random_walk(a.T).T],
+}
+
+#: The supports LibCity's DCRNN actually multiplies by (its sparse tensors pair values and positions in
+#: different orders; see reversed_row_values). The scaled Laplacian is symmetric, so its pairing is
+#: the matrix itself.
+DCRNN_LIBCITY_SUPPORTS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
+    "laplacian": DCRNN_SUPPORTS["laplacian"],
+    "random_walk": lambda a: [reversed_row_values(random_walk(a)).T],
+    "dual_random_walk": lambda a: [reversed_row_values(random_walk(a)).T, reversed_row_values(random_walk(a.T)).T],
 }
 
 #: STGCN's ``graph_conv_type`` -> (adjacency, Ks) -> the terms T_k [K, N, N] its graph convolution sums
