@@ -19,7 +19,7 @@ from ray import tune
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS, RAW_KEYS, PreparedData, RawData, read_raw
-from libtraffic.tune import final_runs, session, settings
+from libtraffic.tune import final_runs, ray_private, session, settings
 from libtraffic.tune.context import TuneRun
 from libtraffic.tune.dry_run import dry_run
 from libtraffic.tune.finish import finish, save_interrupted
@@ -28,7 +28,8 @@ from libtraffic.tune.options import TuneOptions
 from libtraffic.tune.records import collect_records
 from libtraffic.tune.searchers import SCHEDULERS, SEARCHERS
 from libtraffic.tune.spaces import load_search_space
-from libtraffic.tune.trial import TrialSettings, train_trial, trial_dirname
+from libtraffic.tune.progress import StatusTable, TrialLines
+from libtraffic.tune.trial import TrialNames, TrialSettings, train_trial
 from libtraffic.results import FINAL_RUNS_FILE
 from libtraffic.utils import experiment_lock, paths
 from libtraffic.utils.cli import default_names
@@ -51,7 +52,7 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
 
     The arguments are LibCity's; ``options`` are the other fields of TuneOptions (num_samples,
     max_concurrent, cpu_per_trial, gpu_per_trial, resume, dry_run, time_budget_s, ray_address,
-    storage_path, metric, final_seeds, final_top), whose defaults apply to those not given.
+    storage_path, metric, final_seeds, final_top, verbose), whose defaults apply to those not given.
     """
     opts = TuneOptions.from_arguments({"space_file": space_file, "scheduler": scheduler, "search_alg": search_alg,
                                        **options})
@@ -190,14 +191,6 @@ def _shared_data(run: TuneRun) -> PreparedData | RawData:
     return prepared
 
 
-def progress_reporter(run: TuneRun) -> tune.CLIReporter:
-    metric = run.ranking.name
-    chosen = {} if metric == "loss" else {metric: metric, "best_value": f"best {metric}"}
-    return tune.CLIReporter(parameter_columns=list(run.space.entries),
-                            metric_columns={"epoch": "epoch", "loss": "loss", "best_loss": "best loss", **chosen},
-                            max_report_frequency=30, sort_by_metric=True)
-
-
 def _run_ray(run: TuneRun, ctrl_c: CtrlC):
     opts = run.options
     ray_session = session.connect(opts.ray_address, opts.cpu_per_trial, run.storage)
@@ -251,15 +244,17 @@ def _tuner(run: TuneRun, trainable, ctrl_c: CtrlC) -> tune.Tuner:
                                   resume_errored=False, restart_errored=False)
     best = run.ranking
     searcher = SEARCHERS[opts.search_alg]
+    search_alg = searcher.build(run)
+    names = TrialNames(ray_private.first_creation_index(search_alg))
     return tune.Tuner(
         trainable,
         param_space={} if searcher.own_space else run.space.param_space,
         tune_config=tune.TuneConfig(
-            metric=best.name, mode=best.mode, search_alg=searcher.build(run),
+            metric=best.name, mode=best.mode, search_alg=search_alg,
             scheduler=SCHEDULERS[opts.scheduler](run.max_t),
             # A searcher given the space enumerates the grid itself: one trial per grid point and sample.
             num_samples=run.expected_trials if searcher.own_space else opts.num_samples,
-            time_budget_s=opts.time_budget_s, trial_dirname_creator=trial_dirname,
+            time_budget_s=opts.time_budget_s, trial_dirname_creator=names, trial_name_creator=names,
             # One machine: a finished trial's worker trains the next (no start-up per trial). On a
             # cluster a reused worker would take the trial a new node's worker is starting for,
             # leaving that node idle while its worker imports PyTorch.
@@ -270,8 +265,10 @@ def _tuner(run: TuneRun, trainable, ctrl_c: CtrlC) -> tune.Tuner:
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=best.name,
                                                     checkpoint_score_order=best.mode),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            progress_reporter=progress_reporter(run),
-            callbacks=[ctrl_c.callback()],
-            verbose=1,
+            # Ray restores these with the experiment: a --resume keeps the first run's --verbose.
+            progress_reporter=StatusTable(run) if opts.verbose else None,
+            callbacks=[ctrl_c.callback(), TrialLines(run.space.entries, run.ranking.name, run.expected_trials,
+                                                     opts.max_concurrent)],
+            verbose=1 if opts.verbose else 0,  # 0: none of Ray's status output (RAY_AIR_NEW_OUTPUT=0, session.py)
         ),
     )

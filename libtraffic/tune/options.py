@@ -48,6 +48,8 @@ class TuneOptions:
     final_seeds: int = _option(0, int, "after the search, retrain the best configuration(s) this many times with "
                                "fresh seeds and report test metrics as mean ± std (0: no retraining; else at least 2)")
     final_top: int = _option(1, int, "how many of the best configurations --final_seeds retrains")
+    verbose: bool = _option(False, str2bool, "also print Ray Tune's trial status table every 30 s (without it: one line "
+                            "per finished trial, with the search's progress and time left)", switch=True)
 
     @classmethod
     def from_arguments(cls, values: dict[str, Any]) -> "TuneOptions":
