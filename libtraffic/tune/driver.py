@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -19,16 +20,17 @@ from ray import tune
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS, RAW_KEYS, PreparedData, RawData, read_raw
+from libtraffic.executor.best_metric import parse_best_metric
 from libtraffic.tune import final_runs, ray_private, session, settings
 from libtraffic.tune.context import TuneRun
-from libtraffic.tune.dry_run import dry_run
+from libtraffic.tune.dry_run import Problems, dry_run
 from libtraffic.tune.finish import finish, save_interrupted
 from libtraffic.tune.interrupt import CtrlC, unfinished
 from libtraffic.tune.options import TuneOptions
 from libtraffic.tune.records import collect_records
-from libtraffic.tune.searchers import SCHEDULERS, SEARCHERS
-from libtraffic.tune.spaces import load_search_space
 from libtraffic.tune.progress import StatusTable, TrialLines
+from libtraffic.tune.searchers import SCHEDULERS, SEARCHERS
+from libtraffic.tune.spaces import SearchSpace, load_search_space, read_search_space
 from libtraffic.tune.trial import TrialNames, TrialSettings, train_trial
 from libtraffic.results import FINAL_RUNS_FILE
 from libtraffic.utils import experiment_lock, paths
@@ -59,18 +61,20 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
     config = ConfigParser(*default_names(task, model_name, dataset_name), config_file, other_args=other_args)
     tuned = {"hyper_tune": True, **({} if opts.metric is None else {"best_metric": opts.metric})}
     config = config.with_overrides(tuned, source="hyper_tune")
-    lookup(SEARCHERS, opts.search_alg, "search_alg", where="--search_alg")
-    lookup(SCHEDULERS, opts.scheduler, "scheduler", where="--scheduler")
-    opts.check()
-    space = load_search_space(opts.space_file, config, opts.search_alg)
-    fixed = sorted(FIXED_KEYS & set(space.entries))
-    if fixed:
-        raise LibTrafficError(f"{space.path}: '{fixed[0]}' cannot be tuned; set it with --{fixed[0]} instead.")
+    # A real run stops at the first problem; --dry_run collects them all and lists them at its end.
+    problems = Problems(collect=opts.dry_run)
+    problems.call(lookup, SEARCHERS, opts.search_alg, "search_alg", where="--search_alg")
+    problems.call(lookup, SCHEDULERS, opts.scheduler, "scheduler", where="--scheduler")
+    problems.extend(opts.problems())
+    space = _load_space(opts, config, problems)
+    if problems.call(parse_best_metric, config["best_metric"], config["output_window"], where="--metric") is None:
+        config = config.with_overrides({"best_metric": "loss"}, source="dry run")  # reached by --dry_run only
     run = TuneRun(config, space, opts, session.storage_root(opts.storage_path), frozenset(other_args or {}))
     if config["exp_id"] is None and opts.resume:
-        raise LibTrafficError("--resume needs the --exp_id of the experiment to continue.")
+        problems.add("--resume needs the --exp_id of the experiment to continue.")
     if opts.dry_run:
-        return dry_run(run, lambda: _check_exp_id_for_dry_run(run))
+        compare = not problems.found  # a space with problems would differ from any stored one
+        return dry_run(run, problems, lambda: _check_exp_id_for_dry_run(run, compare))
     run.config = config.with_overrides({"exp_id": _claim_experiment(run)}, source="new experiment")
     record = _settings(run)
     # A new run that fails before Ray starts leaves no experiment behind (its --exp_id stays free).
@@ -81,6 +85,33 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
         if not opts.resume:
             settings.write_settings(record)
         return _tune(run, settings_checked=checked or not opts.resume)
+
+
+def _load_space(opts: TuneOptions, config: ConfigParser, problems: Problems) -> SearchSpace:
+    """The space file, checked for ``opts.search_alg``; while collecting (--dry_run), the space of the entries
+    without problems (empty when the file cannot be read)."""
+    if not problems.collect:
+        space = load_search_space(opts.space_file, config, opts.search_alg)
+    else:
+        try:
+            space, found = read_search_space(opts.space_file, config, opts.search_alg)
+        except LibTrafficError as err:
+            problems.add(str(err))
+            return SearchSpace(Path(opts.space_file), {}, {})
+        problems.extend(found)
+    untunable = _untunable(space)
+    problems.extend(untunable.values())
+    return space.without(set(untunable))
+
+
+def _untunable(space: SearchSpace) -> dict[str, str]:
+    """Entries a space file may not have, each with its message."""
+    found = {key: f"{space.path}: '{key}' cannot be tuned; set it with --{key} instead."
+             for key in sorted(FIXED_KEYS & set(space.entries))}
+    found |= {key: f"{space.path}: '{key}' chooses which files or columns are read and cannot be tuned (trials "
+                   "receive the data read once by this process). Run one experiment per value instead."
+              for key in sorted(set(space.entries) & set(RAW_KEYS))}
+    return found
 
 
 def _settings(run: TuneRun) -> dict[str, Any]:
@@ -113,14 +144,14 @@ def _check_resumable(run: TuneRun) -> None:
                               f"Experiments are looked for under --storage_path ({run.storage}).")
 
 
-def _check_exp_id_for_dry_run(run: TuneRun) -> None:
+def _check_exp_id_for_dry_run(run: TuneRun, compare_settings: bool) -> None:
     if run.exp_id is None:
         return
     if not run.options.resume:
         _refuse_existing(run)
         return
     _check_resumable(run)
-    if not settings.check_resume(_settings(run)):
+    if compare_settings and not settings.check_resume(_settings(run)):
         print(f"Note: experiment {run.exp_id} has no {settings.SETTINGS_FILE} here; its settings cannot be compared.")
 
 
@@ -174,12 +205,6 @@ def _log_overrides(run: TuneRun) -> None:
 def _shared_data(run: TuneRun) -> PreparedData | RawData:
     """What every trial receives through Ray's object store: prepared data, or the raw arrays when
     the space tunes data settings (each trial then cuts and scales its own windows)."""
-    raw_tuned = sorted(set(run.space.entries) & set(RAW_KEYS))
-    if raw_tuned:
-        raise LibTrafficError(
-            f"{run.space.path}: '{raw_tuned[0]}' chooses which files or columns are read and cannot be tuned (trials "
-            "receive the data read once by this process). Run one experiment per value instead."
-        )
     data_tuned = sorted(set(run.space.entries) & set(DATA_KEYS))
     if data_tuned:
         raw = read_raw(run.config)

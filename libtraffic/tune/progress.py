@@ -120,7 +120,10 @@ class TrialLines(tune.Callback):
         return f"{trial} {status} {values} | {best} | {took}"
 
     def progress_line(self, done: int, running: int, pending: int, left: float | None) -> str:
-        estimate = "" if left is None or not (running or pending) else f"; about {duration(left)} left"
+        if left is None or not (running or pending):
+            estimate = ""
+        else:
+            estimate = f"; about {duration(left)} left" if left >= 0.5 else "; about to finish"
         return f"  trials: {done} of {self.expected} done, {running} running, {pending} pending{estimate}"
 
 
@@ -146,7 +149,7 @@ class StatusTable(tune.CLIReporter):
             columns |= {metric: f"val {metric}", "best_value": metric_label(metric), "best_epoch": "best epoch",
                         "best_loss": "val loss at best epoch"}
         super().__init__(parameter_columns=list(run.space.entries), metric_columns=columns,
-                         max_report_frequency=REPORT_EVERY_S, sort_by_metric=True)
+                         max_report_frequency=REPORT_EVERY_S, sort_by_metric=True, max_column_length=24)
         self.trial_folders = run.ray_folder
 
     def report(self, trials: list, done: bool, *sys_info: str) -> None:
