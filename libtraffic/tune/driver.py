@@ -110,7 +110,7 @@ def _untunable(space: SearchSpace) -> dict[str, str]:
              for key in sorted(FIXED_KEYS & set(space.entries))}
     found |= {key: f"{space.path}: '{key}' chooses which files or columns are read and cannot be tuned (trials "
                    "receive the data read once by this process). Run one experiment per value instead."
-              for key in sorted(set(space.entries) & set(RAW_KEYS))}
+              for key in sorted(set(space.entries) & set(RAW_KEYS) - FIXED_KEYS)}
     return found
 
 
