@@ -221,7 +221,7 @@ def test_failing_and_diverging_trials_are_never_ranked(workdir, ray_cluster):
     assert config == {"dropout": 0.1, "learning_rate": 0.01}
     assert loss == pytest.approx(rows[0.1, 0.01]["best_loss"]) and loss > 0
     assert "failed: " in out.stdout
-    assert re.search(r"\(validation loss of epoch 0 of 1, the trial's best epoch", out.stdout)
+    assert re.search(r"\(validation loss of epoch 0 of epochs 0-0, the trial's best epoch", out.stdout)
     assert_trial_lines(workdir, "failing", out, list(rows.values()))
     for r in rows.values():
         if r["status"] == "ERROR":

@@ -85,7 +85,8 @@ def write_report_safely(exp_id: str | int, logger: logging.Logger) -> None:
 
 def _print_best(best: TrialRecord) -> None:
     """LibCity's line for the loss; the ranking metric's name and value otherwise."""
-    where = f"epoch {best.best_epoch} of {best.epochs_run}, the trial's best epoch and the model kept"
+    # Epochs count from 0, as the log's lines do: "epoch 5 of epochs 0-8" is the sixth of nine.
+    where = f"epoch {best.best_epoch} of epochs 0-{best.epochs_run - 1}, the trial's best epoch and the model kept"
     if best.metric == "loss":
         print(f"Best trial final validation loss: {best.best_loss}")
         # LibCity's line above reported the trial's last epoch; ours is its best epoch, the model kept.
