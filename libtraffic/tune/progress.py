@@ -23,7 +23,7 @@ from typing import Any
 from ray import tune
 
 from libtraffic.tune.context import TuneRun
-from libtraffic.tune.records import trial_status
+from libtraffic.tune.records import error_text, trial_status
 
 _ENDED = ("TERMINATED", "ERROR")
 REPORT_EVERY_S = 30  # Ray's status table with --verbose
@@ -132,8 +132,8 @@ def _error(trial) -> str:
     path = trial.error_file
     if not path or not Path(path).is_file():
         return ""
-    lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    text = Path(path).read_text(errors="replace")
+    return error_text(text) if text.strip() else ""
 
 
 class StatusTable(tune.CLIReporter):

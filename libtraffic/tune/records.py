@@ -15,8 +15,8 @@ from libtraffic.utils.values import plain
 _NOT_ENDED = ("PENDING", "RUNNING", "PAUSED")
 
 
-def error_text(error: BaseException | None) -> str:
-    """The last line of an error Ray wrapped ("ExcType: message"), or ''."""
+def error_text(error: BaseException | str | None) -> str:
+    """The last line of an error Ray wrapped, or of the error file it wrote ("ExcType: message"), or ''."""
     if error is None:
         return ""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
