@@ -22,6 +22,7 @@ from typing import Any
 
 from ray import tune
 
+from libtraffic.tune import ray_private
 from libtraffic.tune.context import TuneRun
 from libtraffic.tune.records import error_text, trial_status
 
@@ -160,10 +161,10 @@ class StatusTable(tune.CLIReporter):
         staging = sorted({str(t.local_experiment_path) for t in trials if t.local_experiment_path}, key=len, reverse=True)
         lines = []
         for line in table.getvalue().splitlines():
-            if line.startswith("Result logdir:"):
+            if line.startswith(ray_private.STATUS_LOGDIR_LINE):
                 continue
-            if line.startswith("Current best trial: "):
-                trial_id = line.removeprefix("Current best trial: ").split(" ", 1)[0]
+            if line.startswith(ray_private.STATUS_BEST_LINE):
+                trial_id = line.removeprefix(ray_private.STATUS_BEST_LINE).split(" ", 1)[0]
                 line = line.replace(trial_id, names.get(trial_id, trial_id), 1)
             lines.append(_our_folders(line, staging, self.trial_folders))
             if line.startswith("Number of trials:"):

@@ -40,6 +40,13 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.starts)
 
 
+# Lines of Ray's classic status table (CLIReporter, --verbose) that progress.StatusTable rewrites: the table
+# names Ray's staging folder under /tmp/ray as the results' folder, and the best trial by Ray's trial id.
+# CLIReporter has no public option for either.
+STATUS_LOGDIR_LINE = "Result logdir:"
+STATUS_BEST_LINE = "Current best trial: "
+
+
 def quiet_ray_loggers() -> None:
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
