@@ -77,6 +77,36 @@ def printed_best(stdout: str) -> tuple[dict, float]:
     return eval(config, {"__builtins__": {}}), loss  # a printed dict of numbers and strings
 
 
+TRIAL_LINE = re.compile(r"^(trial_\d{5}) (DONE|STOPPED EARLY|ERROR) (.*?) \| (.*)$", re.M)
+PROGRESS_LINE = re.compile(r"^  trials: (\d+) of (\d+) done, (\d+) running, (\d+) pending(; about .+)?$", re.M)
+
+
+def assert_trial_lines(workdir: Path, exp_id: str, out, rows: list[dict], metric: str = "loss") -> None:
+    """Issue 17: one line per finished trial and one progress line after it; ids, folders and the results
+    file agree (trial_00000, ... whatever the searcher); no Ray status table, no /tmp/ray path."""
+    lines = TRIAL_LINE.findall(out.stdout)
+    progress = PROGRESS_LINE.findall(out.stdout)
+    assert len(lines) == len(progress) == len(rows), out.stdout[-3000:]
+    folders = sorted(p.name for p in (workdir / "libtraffic" / "cache" / "hyper_tune" / exp_id).glob("trial_*"))
+    assert folders == [f"trial_{i:05d}" for i in range(len(rows))]
+    assert sorted(r["trial_id"] for r in rows) == sorted(line[0] for line in lines) == folders
+    by_id = {r["trial_id"]: r for r in rows}
+    for trial_id, status, values, rest in lines:
+        row = by_id[trial_id]
+        assert status == row["status"]
+        for key, value in row["config"].items():
+            assert f"{key}={value:.4g}" in values if isinstance(value, float) else f"{key}={value}" in values
+        if status != "ERROR":
+            epochs = row["epochs_run"]
+            assert rest.startswith(f"best val {metric} {row['best_value']:.4f} at epoch {row['best_epoch']} | "
+                                   f"{epochs} epoch{'' if epochs == 1 else 's'}, "), rest
+    assert [int(p[0]) for p in progress] == list(range(1, len(rows) + 1))
+    assert all(int(p[1]) == len(rows) and int(p[0]) + int(p[2]) + int(p[3]) == len(rows) for p in progress)
+    assert any(p[4].startswith("; about ") for p in progress[:-1]) and progress[-1][4] == ""
+    assert "== Status ==" not in out.stdout and "/tmp/ray" not in out.stdout + out.stderr
+    assert "Trials did not complete" not in out.stdout + out.stderr
+
+
 def test_grid_fifo_best_model_and_config_reproduce(workdir, ray_cluster):
     space = write_space(workdir, "grid", {
         "hidden_size": {"type": "grid_search", "list": [8, 16]},
@@ -94,6 +124,7 @@ def test_grid_fifo_best_model_and_config_reproduce(workdir, ray_cluster):
     assert loss == pytest.approx(best["best_loss"], rel=1e-12)
     assert loss == pytest.approx(min(best["loss_curve"]), rel=1e-12)
     assert "masked_MAE" in out.stdout  # test metrics of the best model
+    assert_trial_lines(workdir, "grid", out, rows)
 
     cache = workdir / "libtraffic" / "cache" / "grid"
     state = torch.load(cache / "model_cache" / f"GRU_{DATASET}.m", weights_only=True)
@@ -125,9 +156,19 @@ def test_hyperopt_asha(workdir, ray_cluster):
         "max_epoch": {"type": "randint", "lower": 2, "upper": 4},
     })
     out = tune(workdir, ray_cluster, "hyperopt", space, "--search_alg", "HyperOpt", "--scheduler", "ASHA",
-               "--num_samples", "4")
+               "--num_samples", "4", "--verbose")
     rows = results(workdir, "hyperopt")
     assert len(rows) == 4
+    # --verbose: Ray's status table too, its columns named as ours, trials named as their folders
+    table = out.stdout[out.stdout.rindex("== Status =="):out.stdout.index("All trials, best first")]
+    assert "/tmp/ray" not in out.stdout + out.stderr and "Result logdir" not in out.stdout
+    assert f"Trial folders: {workdir / 'libtraffic' / 'cache' / 'hyper_tune' / 'hyperopt'}" in table
+    header = next(line for line in table.splitlines() if line.startswith("| Trial name"))
+    assert [c.strip() for c in header.strip("|").split("|")][-4:] == ["epoch", "val loss", "best val loss", "best epoch"]
+    for r in rows:
+        assert f"| {r['trial_id']} " in table
+    assert re.search(r"Current best trial: trial_\d{5} with loss=", table)
+    assert len(TRIAL_LINE.findall(out.stdout)) == len(PROGRESS_LINE.findall(out.stdout)) == 4
     finished = [r for r in rows if r["status"] != "ERROR"]
     best = min(finished, key=lambda r: r["best_loss"])
     config, loss = printed_best(out.stdout)
@@ -180,7 +221,12 @@ def test_failing_and_diverging_trials_are_never_ranked(workdir, ray_cluster):
     assert config == {"dropout": 0.1, "learning_rate": 0.01}
     assert loss == pytest.approx(rows[0.1, 0.01]["best_loss"]) and loss > 0
     assert "failed: " in out.stdout
-    assert re.search(r"\(validation loss of epoch 0 of 1, the trial's best epoch", out.stdout)
+    assert re.search(r"\(validation loss of epoch 0 of epochs 0-0, the trial's best epoch", out.stdout)
+    assert_trial_lines(workdir, "failing", out, list(rows.values()))
+    for r in rows.values():
+        if r["status"] == "ERROR":
+            assert re.search(rf"^{r['trial_id']} ERROR .* \| failed after \d+ epochs?, .*: .*{re.escape(r['error'][-30:])}$",
+                             out.stdout, re.M)
 
 
 def test_all_trials_failing_exits_nonzero(workdir, ray_cluster):
@@ -302,6 +348,7 @@ def test_optuna_two_at_once_then_the_report_renders_in_a_browser(workdir, ray_cl
     spans = sorted(_running_intervals(workdir / "libtraffic" / "cache" / "hyper_tune" / "optuna"))
     assert len(spans) == 4 and spans[1][0] < spans[0][1]  # the first two trials ran at the same time
     assert printed_best(out.stdout)[0] == min(rows, key=lambda r: r["best_loss"])["config"]
+    assert_trial_lines(workdir, "optuna", out, rows)  # Optuna's trials too: trial_00000 ... (Ray counts them from 1)
     folder = workdir / "libtraffic" / "cache" / "optuna"
     assert f"Tuning report: {folder / 'hyper_tune_report.html'}" in out.stdout  # written at the end of the run
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -19,16 +20,18 @@ from ray import tune
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS, RAW_KEYS, PreparedData, RawData, read_raw
-from libtraffic.tune import final_runs, session, settings
+from libtraffic.executor.best_metric import parse_best_metric
+from libtraffic.tune import final_runs, ray_private, session, settings
 from libtraffic.tune.context import TuneRun
-from libtraffic.tune.dry_run import dry_run
+from libtraffic.tune.dry_run import Problems, dry_run
 from libtraffic.tune.finish import finish, save_interrupted
 from libtraffic.tune.interrupt import CtrlC, unfinished
 from libtraffic.tune.options import TuneOptions
 from libtraffic.tune.records import collect_records
+from libtraffic.tune.progress import StatusTable, TrialLines
 from libtraffic.tune.searchers import SCHEDULERS, SEARCHERS
-from libtraffic.tune.spaces import load_search_space
-from libtraffic.tune.trial import TrialSettings, train_trial, trial_dirname
+from libtraffic.tune.spaces import SearchSpace, load_search_space, read_search_space
+from libtraffic.tune.trial import TrialNames, TrialSettings, train_trial
 from libtraffic.results import FINAL_RUNS_FILE
 from libtraffic.utils import experiment_lock, paths
 from libtraffic.utils.cli import default_names
@@ -51,25 +54,27 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
 
     The arguments are LibCity's; ``options`` are the other fields of TuneOptions (num_samples,
     max_concurrent, cpu_per_trial, gpu_per_trial, resume, dry_run, time_budget_s, ray_address,
-    storage_path, metric, final_seeds, final_top), whose defaults apply to those not given.
+    storage_path, metric, final_seeds, final_top, verbose), whose defaults apply to those not given.
     """
     opts = TuneOptions.from_arguments({"space_file": space_file, "scheduler": scheduler, "search_alg": search_alg,
                                        **options})
     config = ConfigParser(*default_names(task, model_name, dataset_name), config_file, other_args=other_args)
     tuned = {"hyper_tune": True, **({} if opts.metric is None else {"best_metric": opts.metric})}
     config = config.with_overrides(tuned, source="hyper_tune")
-    lookup(SEARCHERS, opts.search_alg, "search_alg", where="--search_alg")
-    lookup(SCHEDULERS, opts.scheduler, "scheduler", where="--scheduler")
-    opts.check()
-    space = load_search_space(opts.space_file, config, opts.search_alg)
-    fixed = sorted(FIXED_KEYS & set(space.entries))
-    if fixed:
-        raise LibTrafficError(f"{space.path}: '{fixed[0]}' cannot be tuned; set it with --{fixed[0]} instead.")
+    # A real run stops at the first problem; --dry_run collects them all and lists them at its end.
+    problems = Problems(collect=opts.dry_run)
+    problems.call(lookup, SEARCHERS, opts.search_alg, "search_alg", where="--search_alg")
+    problems.call(lookup, SCHEDULERS, opts.scheduler, "scheduler", where="--scheduler")
+    problems.extend(opts.problems())
+    space = _load_space(opts, config, problems)
+    if problems.call(parse_best_metric, config["best_metric"], config["output_window"], where="--metric") is None:
+        config = config.with_overrides({"best_metric": "loss"}, source="dry run")  # reached by --dry_run only
     run = TuneRun(config, space, opts, session.storage_root(opts.storage_path), frozenset(other_args or {}))
     if config["exp_id"] is None and opts.resume:
-        raise LibTrafficError("--resume needs the --exp_id of the experiment to continue.")
+        problems.add("--resume needs the --exp_id of the experiment to continue.")
     if opts.dry_run:
-        return dry_run(run, lambda: _check_exp_id_for_dry_run(run))
+        compare = not problems.found  # a space with problems would differ from any stored one
+        return dry_run(run, problems, lambda: _check_exp_id_for_dry_run(run, compare))
     run.config = config.with_overrides({"exp_id": _claim_experiment(run)}, source="new experiment")
     record = _settings(run)
     # A new run that fails before Ray starts leaves no experiment behind (its --exp_id stays free).
@@ -80,6 +85,33 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
         if not opts.resume:
             settings.write_settings(record)
         return _tune(run, settings_checked=checked or not opts.resume)
+
+
+def _load_space(opts: TuneOptions, config: ConfigParser, problems: Problems) -> SearchSpace:
+    """The space file, checked for ``opts.search_alg``; while collecting (--dry_run), the space of the entries
+    without problems (empty when the file cannot be read)."""
+    if not problems.collect:
+        space = load_search_space(opts.space_file, config, opts.search_alg)
+    else:
+        try:
+            space, found = read_search_space(opts.space_file, config, opts.search_alg)
+        except LibTrafficError as err:
+            problems.add(str(err))
+            return SearchSpace(Path(opts.space_file), {}, {})
+        problems.extend(found)
+    untunable = _untunable(space)
+    problems.extend(untunable.values())
+    return space.without(set(untunable))
+
+
+def _untunable(space: SearchSpace) -> dict[str, str]:
+    """Entries a space file may not have, each with its message."""
+    found = {key: f"{space.path}: '{key}' cannot be tuned; set it with --{key} instead."
+             for key in sorted(FIXED_KEYS & set(space.entries))}
+    found |= {key: f"{space.path}: '{key}' chooses which files or columns are read and cannot be tuned (trials "
+                   "receive the data read once by this process). Run one experiment per value instead."
+              for key in sorted(set(space.entries) & set(RAW_KEYS) - FIXED_KEYS)}
+    return found
 
 
 def _settings(run: TuneRun) -> dict[str, Any]:
@@ -112,14 +144,14 @@ def _check_resumable(run: TuneRun) -> None:
                               f"Experiments are looked for under --storage_path ({run.storage}).")
 
 
-def _check_exp_id_for_dry_run(run: TuneRun) -> None:
+def _check_exp_id_for_dry_run(run: TuneRun, compare_settings: bool) -> None:
     if run.exp_id is None:
         return
     if not run.options.resume:
         _refuse_existing(run)
         return
     _check_resumable(run)
-    if not settings.check_resume(_settings(run)):
+    if compare_settings and not settings.check_resume(_settings(run)):
         print(f"Note: experiment {run.exp_id} has no {settings.SETTINGS_FILE} here; its settings cannot be compared.")
 
 
@@ -173,12 +205,6 @@ def _log_overrides(run: TuneRun) -> None:
 def _shared_data(run: TuneRun) -> PreparedData | RawData:
     """What every trial receives through Ray's object store: prepared data, or the raw arrays when
     the space tunes data settings (each trial then cuts and scales its own windows)."""
-    raw_tuned = sorted(set(run.space.entries) & set(RAW_KEYS))
-    if raw_tuned:
-        raise LibTrafficError(
-            f"{run.space.path}: '{raw_tuned[0]}' chooses which files or columns are read and cannot be tuned (trials "
-            "receive the data read once by this process). Run one experiment per value instead."
-        )
     data_tuned = sorted(set(run.space.entries) & set(DATA_KEYS))
     if data_tuned:
         raw = read_raw(run.config)
@@ -188,14 +214,6 @@ def _shared_data(run: TuneRun) -> PreparedData | RawData:
     prepared = get_dataset(run.config).prepare()
     run.logger.info("Prepared data once in the driver: %s, shared with every trial", prepared.data.shape)
     return prepared
-
-
-def progress_reporter(run: TuneRun) -> tune.CLIReporter:
-    metric = run.ranking.name
-    chosen = {} if metric == "loss" else {metric: metric, "best_value": f"best {metric}"}
-    return tune.CLIReporter(parameter_columns=list(run.space.entries),
-                            metric_columns={"epoch": "epoch", "loss": "loss", "best_loss": "best loss", **chosen},
-                            max_report_frequency=30, sort_by_metric=True)
 
 
 def _run_ray(run: TuneRun, ctrl_c: CtrlC):
@@ -251,15 +269,17 @@ def _tuner(run: TuneRun, trainable, ctrl_c: CtrlC) -> tune.Tuner:
                                   resume_errored=False, restart_errored=False)
     best = run.ranking
     searcher = SEARCHERS[opts.search_alg]
+    search_alg = searcher.build(run)
+    names = TrialNames(ray_private.first_creation_index(search_alg))
     return tune.Tuner(
         trainable,
         param_space={} if searcher.own_space else run.space.param_space,
         tune_config=tune.TuneConfig(
-            metric=best.name, mode=best.mode, search_alg=searcher.build(run),
+            metric=best.name, mode=best.mode, search_alg=search_alg,
             scheduler=SCHEDULERS[opts.scheduler](run.max_t),
             # A searcher given the space enumerates the grid itself: one trial per grid point and sample.
             num_samples=run.expected_trials if searcher.own_space else opts.num_samples,
-            time_budget_s=opts.time_budget_s, trial_dirname_creator=trial_dirname,
+            time_budget_s=opts.time_budget_s, trial_dirname_creator=names, trial_name_creator=names,
             # One machine: a finished trial's worker trains the next (no start-up per trial). On a
             # cluster a reused worker would take the trial a new node's worker is starting for,
             # leaving that node idle while its worker imports PyTorch.
@@ -270,8 +290,10 @@ def _tuner(run: TuneRun, trainable, ctrl_c: CtrlC) -> tune.Tuner:
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=best.name,
                                                     checkpoint_score_order=best.mode),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            progress_reporter=progress_reporter(run),
-            callbacks=[ctrl_c.callback()],
-            verbose=1,
+            # Ray restores these with the experiment: a --resume keeps the first run's --verbose.
+            progress_reporter=StatusTable(run) if opts.verbose else None,
+            callbacks=[ctrl_c.callback(), TrialLines(run.space.entries, run.ranking.name, run.expected_trials,
+                                                     opts.max_concurrent)],
+            verbose=1 if opts.verbose else 0,  # 0: none of Ray's status output (RAY_AIR_NEW_OUTPUT=0, session.py)
         ),
     )

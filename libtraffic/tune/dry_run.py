@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,34 @@ from libtraffic.utils.errors import LibTrafficError
 # What building a component with a bad value raises: user mistakes, and the errors PyTorch
 # raises for impossible arguments (reported too, since they would end the trial the same way).
 _BUILD_ERRORS = (LibTrafficError, ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError)
+
+
+class Problems:
+    """The problems found while checking a tuning run's flags and space file. A real run stops at the first
+    (``collect`` false: it raises at once); --dry_run collects them all and lists them together."""
+
+    def __init__(self, collect: bool) -> None:
+        self.collect = collect
+        self.found: list[str] = []
+
+    def add(self, message: str) -> None:
+        if not self.collect:
+            raise LibTrafficError(message)
+        self.found.append(message)
+
+    def extend(self, messages: Iterable[str]) -> None:
+        for message in messages:
+            self.add(message)
+
+    def call(self, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``check(*args, **kwargs)``; None (the problem noted) if it raises a LibTrafficError while collecting."""
+        try:
+            return check(*args, **kwargs)
+        except LibTrafficError as err:
+            if not self.collect:
+                raise
+            self.found.append(str(err))
+            return None
 
 
 @dataclass(frozen=True)
@@ -86,12 +114,14 @@ class _Builder:
         build_run(trial, self._prepare(trial), self.logger)
 
 
-def check_space(config: ConfigParser, space: SearchSpace, seed: int, extra: Callable[[], None] | None = None) -> int:
-    """Build every candidate; raise one LibTrafficError listing every problem, or return how many
-    configurations were built. ``extra`` runs one more check (the experiment id) and may raise."""
+def check_space(config: ConfigParser, space: SearchSpace, seed: int, extra: Callable[[], None] | None = None,
+                found: Iterable[str] = ()) -> int:
+    """Build every candidate; raise one LibTrafficError listing every problem (``found`` before, the flags' and
+    space file's), or return how many configurations were built. ``extra`` runs one more check (the
+    experiment id) and may raise."""
     builder = _Builder(config)
     base = space.sample(np.random.default_rng(seed), 1)[0]
-    problems: list[str] = []
+    problems: list[str] = list(found)
     reported: set[str] = set()  # an error already shown (by the fixed settings or one entry) is not repeated
     built = 0
     for candidate in candidates(space, base):
@@ -117,24 +147,45 @@ def check_space(config: ConfigParser, space: SearchSpace, seed: int, extra: Call
     return built
 
 
-def dry_run(run: TuneRun, check_exp_id: Callable[[], None]) -> None:
-    """--dry_run: print a few sampled configurations, then build every corner of the space and check the
-    experiment id (``check_exp_id`` raises); all problems are reported together. Nothing is written."""
+def dry_run(run: TuneRun, problems: Problems, check_exp_id: Callable[[], None]) -> None:
+    """--dry_run: print which flags the space file overrides and a few sampled configurations, then build
+    every corner of the space and check the experiment id (``check_exp_id`` raises); every problem (those
+    ``problems`` found in the flags and the space file too) is reported together. Nothing is written."""
     config, space, options = run.config, run.space, run.options
     rng = np.random.default_rng(config["seed"])
     trials = run.expected_trials
     finals = f", {describe_final_runs(options.final_seeds, options.final_top, trials)}" if options.final_seeds else ""
-    print(f"Dry run: space file {space.path} is valid for --search_alg {options.search_alg}; "
-          f"{trials} trial(s) would run{finals}. Sampled configurations:")
+    if problems.found:
+        print(f"Dry run: {len(problems.found)} problem(s) found in the flags and space file, listed at the end. With "
+              f"the valid entries of space file {space.path}, {trials} trial(s) would run{finals}. Sampled configurations:")
+    else:
+        print(f"Dry run: space file {space.path} is valid for --search_alg {options.search_alg}; {trials} trial(s) "
+              f"would run{finals}. Sampled configurations:")
     for i, sampled in enumerate(space.sample(rng, min(trials, 5))):
         trial = config.with_overrides(sampled)
         shown = {k: trial[k] for k in ("model", "dataset", "hidden_size", "num_layers", "dropout", "learning_rate",
                                        "max_epoch", "batch_size", "input_window", "output_window", "scaler") if k in trial}
         print(f"  [{i}] sampled {sampled}\n      resolved {shown | sampled}")
+    for note in override_notes(config, space):
+        print(f"Note: {note}")
     print(tunable_keys(config))
-    built = check_space(config, space, config["seed"], check_exp_id)
+    built = check_space(config, space, config["seed"], check_exp_id, problems.found)
     print(f"Dry run: built the dataset, model, optimiser, LR scheduler and evaluator of {built} configuration(s) "
           "(a base sample and every corner of each entry): no problem found. Nothing was trained.")
+
+
+def override_notes(config: ConfigParser, space: SearchSpace) -> list[str]:
+    """One note per value the user set (flag or --config_file) that the space file's entry replaces in every trial."""
+    notes = []
+    for key in space.entries:
+        source = config.sources.get(key, "")
+        if source == "command line":
+            notes.append(f"{key} in the space file overrides --{key} {json.dumps(config[key])} (every trial takes "
+                         "the space file's value).")
+        elif source.startswith("config file"):
+            notes.append(f"{key} in the space file overrides {key} = {json.dumps(config[key])} of the {source} "
+                         "(every trial takes the space file's value).")
+    return notes
 
 
 def tunable_keys(config: ConfigParser) -> str:

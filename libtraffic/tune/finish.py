@@ -13,7 +13,9 @@ from libtraffic.report import write_report
 from libtraffic.results import TrialRecord, best_config_path, write_results
 from libtraffic.tune.context import TuneRun, trial_config
 from libtraffic.tune.final_runs import summary
+from libtraffic.tune.progress import metric_label
 from libtraffic.tune.records import collect_records
+from libtraffic.tune.records import trial_id as record_id
 from libtraffic.tune.trial import load_checkpoint
 from libtraffic.utils import paths
 from libtraffic.utils.safe_write import write_json
@@ -24,12 +26,17 @@ class TuningFailed(Exception):
 
 
 def format_trials(records: list[TrialRecord], params: list[str]) -> str:
-    several_nodes = len({r.node for r in records}) > 1
+    """The final table; its columns are named as in the per-trial lines and, with --verbose, Ray's table."""
+    several_nodes = len({r.node for r in records if r.node}) > 1
+    loss = metric_label("loss") if records and records[0].metric == "loss" else "val loss at best epoch"
     rows = [{"trial": r.trial_id, **{p: r.config.get(p) for p in params}, "epochs": r.epochs_run,
-             "best epoch": r.best_epoch, "best val loss": round(r.best_loss, 4),
-             **({} if r.metric == "loss" else {f"best val {r.metric}": round(r.best_value, 4)}), "status": r.status,
+             "best epoch": r.best_epoch, loss: round(r.best_loss, 4),
+             **({} if r.metric == "loss" else {metric_label(r.metric): round(r.best_value, 4)}), "status": r.status,
              **({"node": r.node[:8]} if several_nodes else {})} for r in records]
-    return pd.DataFrame(rows).to_string(index=False)
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["best epoch"] = table["best epoch"].astype("Int64")  # whole numbers, <NA> for a trial without epochs
+    return table.to_string(index=False)
 
 
 def _best_state(run: TuneRun, results, trial_id: str) -> dict[str, Any]:
@@ -37,7 +44,7 @@ def _best_state(run: TuneRun, results, trial_id: str) -> dict[str, Any]:
     whichever node wrote it."""
     best = run.ranking
     for result in results:
-        if str((result.metrics or {}).get("trial_id")) == trial_id:
+        if record_id(result) == trial_id:
             checkpoint = result.get_best_checkpoint(best.name, best.mode) or result.checkpoint
             run.logger.info("Best checkpoint: %s", checkpoint.path)
             with checkpoint.as_directory() as folder:
@@ -78,7 +85,8 @@ def write_report_safely(exp_id: str | int, logger: logging.Logger) -> None:
 
 def _print_best(best: TrialRecord) -> None:
     """LibCity's line for the loss; the ranking metric's name and value otherwise."""
-    where = f"epoch {best.best_epoch} of {best.epochs_run}, the trial's best epoch and the model kept"
+    # Epochs count from 0, as the log's lines do: "epoch 5 of epochs 0-8" is the sixth of nine.
+    where = f"epoch {best.best_epoch} of epochs 0-{best.epochs_run - 1}, the trial's best epoch and the model kept"
     if best.metric == "loss":
         print(f"Best trial final validation loss: {best.best_loss}")
         # LibCity's line above reported the trial's last epoch; ours is its best epoch, the model kept.

@@ -48,6 +48,8 @@ class TuneOptions:
     final_seeds: int = _option(0, int, "after the search, retrain the best configuration(s) this many times with "
                                "fresh seeds and report test metrics as mean ± std (0: no retraining; else at least 2)")
     final_top: int = _option(1, int, "how many of the best configurations --final_seeds retrains")
+    verbose: bool = _option(False, str2bool, "also print Ray Tune's trial status table every 30 s (without it: one line "
+                            "per finished trial, with the search's progress and time left)", switch=True)
 
     @classmethod
     def from_arguments(cls, values: dict[str, Any]) -> "TuneOptions":
@@ -60,35 +62,42 @@ class TuneOptions:
         return replace(cls(), **{k: v for k, v in values.items() if v is not None})
 
     def check(self) -> None:
-        """Counts and resources that can be checked before anything starts (fails fast, never hangs).
+        """Raise the first of problems()."""
+        for problem in self.problems():
+            raise LibTrafficError(problem)
+
+    def problems(self) -> list[str]:
+        """Counts and resources that can be checked before anything starts (fails fast, never hangs): one
+        message per problem.
 
         With a private local instance this machine is the cluster; a cluster's resources are checked
         once it is joined (session.check_resources)."""
-        for name in ("num_samples", "max_concurrent", "cpu_per_trial"):
-            if getattr(self, name) < 1:
-                raise LibTrafficError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        found = [f"--{name} must be at least 1, got {getattr(self, name)}."
+                 for name in ("num_samples", "max_concurrent", "cpu_per_trial") if getattr(self, name) < 1]
         gpu = self.gpu_per_trial
-        if gpu is not None and (not math.isfinite(gpu) or gpu < 0 or (gpu > 1 and gpu != int(gpu))):
-            raise LibTrafficError(f"--gpu_per_trial {gpu:g} cannot be satisfied: give a whole number of GPUs or a "
-                                  "fraction between 0 and 1 (e.g. 0.25: four trials share a GPU).")
+        bad_gpu = gpu is not None and (not math.isfinite(gpu) or gpu < 0 or (gpu > 1 and gpu != int(gpu)))
+        if bad_gpu:
+            found.append(f"--gpu_per_trial {gpu:g} cannot be satisfied: give a whole number of GPUs or a "
+                         "fraction between 0 and 1 (e.g. 0.25: four trials share a GPU).")
         if not (self.ray_address or os.environ.get("RAY_ADDRESS")):
             import torch
 
             cores, gpus = os.cpu_count() or 1, torch.cuda.device_count()
             if self.cpu_per_trial > cores:
-                raise LibTrafficError(f"--cpu_per_trial {self.cpu_per_trial} exceeds the {cores} CPU(s) of this "
-                                      "machine; no trial could ever start.")
-            if gpu is not None and gpu > gpus:
-                raise LibTrafficError(
+                found.append(f"--cpu_per_trial {self.cpu_per_trial} exceeds the {cores} CPU(s) of this "
+                             "machine; no trial could ever start.")
+            if gpu is not None and not bad_gpu and gpu > gpus:
+                found.append(
                     f"--gpu_per_trial {gpu:g} cannot be satisfied: this machine has {gpus} GPU(s), so every trial "
                     "would wait forever. Use --gpu_per_trial 0 to train on the CPU.")
         if self.final_seeds != 0 and self.final_seeds < 2:
-            raise LibTrafficError(f"--final_seeds must be 0 (no retraining) or at least 2 (a spread needs two runs), "
-                                  f"got {self.final_seeds}.")
+            found.append(f"--final_seeds must be 0 (no retraining) or at least 2 (a spread needs two runs), "
+                         f"got {self.final_seeds}.")
         if self.final_top < 1:
-            raise LibTrafficError(f"--final_top must be at least 1, got {self.final_top}.")
+            found.append(f"--final_top must be at least 1, got {self.final_top}.")
         if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
-            raise LibTrafficError(f"--time_budget_s must be positive, got {self.time_budget_s}.")
+            found.append(f"--time_budget_s must be positive, got {self.time_budget_s}.")
+        return found
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

@@ -24,14 +24,43 @@ QUIET_LOGGERS = {
 }
 
 
+# Messages dropped, by logger and start. Ray's public API has no switch for these either.
+QUIET_MESSAGES = {
+    # Ray's list of the trials that failed or did not finish: our per-trial lines and final table say it.
+    "ray.tune.tune": ("Trials did not complete",),
+}
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+# Lines of Ray's classic status table (CLIReporter, --verbose) that progress.StatusTable rewrites: the table
+# names Ray's staging folder under /tmp/ray as the results' folder, and the best trial by Ray's trial id.
+# CLIReporter has no public option for either.
+STATUS_LOGDIR_LINE = "Result logdir:"
+STATUS_BEST_LINE = "Current best trial: "
+
+
 def quiet_ray_loggers() -> None:
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    for name, starts in QUIET_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(starts))
 
 
 def creation_index(trial) -> int:
-    """The running number Ray gave a trial when its searcher created it (0, 1, 2, ...; the same on every
-    run and resume of an experiment), read from the start of its experiment tag ('3_hidden_size=8').
+    """The running number Ray gave a trial when its searcher created it (the same on every run and resume
+    of an experiment), read from the start of its experiment tag ('3_hidden_size=8'). Ray's
+    BasicVariantGenerator (BasicSearch) counts from 0, its SearchGenerator (every other searcher) from 1:
+    see first_creation_index.
 
     Why: trial seeds must repeat across runs and resumes, so they derive from this number. Ray's public
     Trial API has no creation counter, and a counter of our own would restart at 0 when Ray restores an
@@ -41,6 +70,14 @@ def creation_index(trial) -> int:
     if not index.isdigit():
         raise ValueError(f"Trial {trial} has no creation index in its experiment tag {trial.experiment_tag!r}.")
     return int(index)
+
+
+def first_creation_index(search_alg) -> int:
+    """The creation index (see creation_index) of the first trial ``search_alg`` creates: 0 for Ray's
+    BasicVariantGenerator, 1 for a Searcher (which Ray wraps in its SearchGenerator, counting from 1)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return 0 if isinstance(search_alg, BasicVariantGenerator) else 1
 
 
 def tune_listens_for_stop() -> bool:

@@ -15,12 +15,17 @@ from libtraffic.utils.values import plain
 _NOT_ENDED = ("PENDING", "RUNNING", "PAUSED")
 
 
-def error_text(error: BaseException | None) -> str:
-    """The last line of an error Ray wrapped ("ExcType: message"), or ''."""
+def error_text(error: BaseException | str | None) -> str:
+    """The last line of an error Ray wrapped, or of the error file it wrote ("ExcType: message"), or ''."""
     if error is None:
         return ""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
+
+
+def trial_id(result) -> str:
+    """A trial's id everywhere we print or save it: its folder name, trial_<number> (trial.TrialNames)."""
+    return Path(result.path).name
 
 
 def _ray_states(results) -> dict[str, str]:
@@ -30,7 +35,7 @@ def _ray_states(results) -> dict[str, str]:
     return {trial.path: trial.status for trial in analysis.trials}
 
 
-def _status(failed: bool, epochs: int, max_epoch: int, state: str) -> str:
+def trial_status(failed: bool, epochs: int, max_epoch: int, state: str) -> str:
     """DONE, STOPPED EARLY (by the scheduler or early stopping), ERROR; for a trial that had not ended when
     the run stopped: INTERRUPTED (it has epochs) or NOT STARTED."""
     if failed:
@@ -51,9 +56,9 @@ def _record(result, metric: BestMetric, state: str) -> TrialRecord:
     best_i = pick(range(len(values)), key=values.__getitem__) if values else None
     max_epoch = int(df["max_epoch"].iloc[-1]) if has_rows else 0
     return TrialRecord(
-        trial_id=str((result.metrics or {}).get("trial_id") or Path(result.path).name),
+        trial_id=trial_id(result),
         config={k: plain(v) for k, v in (result.config or {}).items()},
-        status=_status(bool(result.error), len(losses), max_epoch, state),
+        status=trial_status(bool(result.error), len(losses), max_epoch, state),
         seed=int(df["trial_seed"].iloc[0]) if has_rows else None, epochs_run=len(losses),
         best_epoch=int(df["epoch"].iloc[best_i]) if best_i is not None else None,
         best_loss=losses[best_i] if best_i is not None else math.nan, loss_curve=losses, metric=metric.name,

@@ -218,6 +218,11 @@ class SearchSpace:
     entries: dict[str, dict]
     param_space: dict[str, Any]
 
+    def without(self, keys: set[str]) -> "SearchSpace":
+        """This space without the entries ``keys`` (--dry_run goes on with the entries it can build)."""
+        return SearchSpace(self.path, {k: e for k, e in self.entries.items() if k not in keys},
+                           {k: d for k, d in self.param_space.items() if k not in keys})
+
     def row(self, key: str) -> SpaceType:
         return SPACE_TYPES[self.entries[key]["type"]]
 
@@ -285,68 +290,108 @@ def find_space_file(name: str) -> Path:
     return find_json_file(name, "Space file", " See sample_space_file.json for the format.")
 
 
-def _check_entry(path: Path, param: str, entry: Any, config: ConfigParser) -> dict:
+def _caught(check: Callable[..., Any], *args: Any) -> list[str]:
+    """The message of the LibTrafficError ``check(*args)`` raises, as a list (empty when it passes)."""
+    try:
+        check(*args)
+    except LibTrafficError as err:
+        return [str(err)]
+    return []
+
+
+def _entry_problems(path: Path, param: str, entry: Any, config: ConfigParser) -> list[str]:
+    """Every problem of one entry (each field's); a later check runs only when the ones it relies on passed."""
     where = f"{path}: entry '{param}'"
     if not isinstance(entry, dict):
-        raise LibTrafficError(f'{where} must be an object like {{"type": "choice", "list": [...]}}, got {entry!r}.')
+        return [f'{where} must be an object like {{"type": "choice", "list": [...]}}, got {entry!r}.']
     if "type" not in entry:
-        raise LibTrafficError(f"{where} has no 'type'. Valid types: {', '.join(SPACE_TYPES)}.")
+        return [f"{where} has no 'type'. Valid types: {', '.join(SPACE_TYPES)}."]
     kind = entry["type"]
     if not isinstance(kind, str) or kind not in SPACE_TYPES:
-        raise LibTrafficError(
+        return [
             f"{where} has unknown type {kind!r}.{did_you_mean(str(kind), SPACE_TYPES)} Valid types: "
             + "; ".join(f"{n} ({', '.join(t.required + tuple(o + '?' for o in t.optional))})" for n, t in SPACE_TYPES.items())
             + "."
-        )
+        ]
     spec = SPACE_TYPES[kind]
     allowed = ("type", *spec.required, *spec.optional)
-    for key in entry:
-        if key not in allowed:
-            raise LibTrafficError(
-                f"{where} ({kind}) has unknown key '{key}'.{did_you_mean(key, allowed)} "
-                f"{kind} takes {', '.join(allowed[1:])}: {spec.doc}."
-            )
-    for key in spec.required:
-        if key not in entry:
-            raise LibTrafficError(f"{where} ({kind}) is missing '{key}'; {kind} takes {', '.join(allowed[1:])}: {spec.doc}.")
+    problems = [f"{where} ({kind}) has unknown key '{key}'.{did_you_mean(key, allowed)} "
+                f"{kind} takes {', '.join(allowed[1:])}: {spec.doc}." for key in entry if key not in allowed]
+    problems += [f"{where} ({kind}) is missing '{key}'; {kind} takes {', '.join(allowed[1:])}: {spec.doc}."
+                 for key in spec.required if key not in entry]
+    if problems:
+        return problems
     if "list" not in spec.required:
         for key in (*spec.required, *spec.optional):
             value = entry.get(key, 0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise LibTrafficError(f"{where}: '{key}' must be a finite number, got {value!r}.")
-    spec.check(where, kind, param, entry, config)
+                problems.append(f"{where}: '{key}' must be a finite number, got {value!r}.")
+        if problems:
+            return problems
+    problems += _caught(spec.check, where, kind, param, entry, config)
     default = config.default_of(param)
     if "list" not in spec.required:
         if spec.continuous and isinstance(default, int) and not isinstance(default, bool):
-            raise LibTrafficError(f"{where}: '{param}' is an integer key but {kind} draws fractional numbers; "
-                                  "use randint, qrandint, lograndint or choice.")
+            problems.append(f"{where}: '{param}' is an integer key but {kind} draws fractional numbers; "
+                            "use randint, qrandint, lograndint or choice.")
         if isinstance(default, (bool, str, list)):
-            raise LibTrafficError(f"{where}: '{param}' takes {type(default).__name__} values; use choice or grid_search.")
-    return entry
+            problems.append(f"{where}: '{param}' takes {type(default).__name__} values; use choice or grid_search.")
+    return problems
 
 
-def load_search_space(name: str, config: ConfigParser, search_alg: str) -> SearchSpace:
-    """Read, validate and convert a space file for ``search_alg``; raises LibTrafficError."""
-    path = find_space_file(name)
-    raw = load_json(path, "space file")
-    if not isinstance(raw, dict) or not raw:
-        raise LibTrafficError(f"{path} must be a non-empty JSON object mapping parameter names to entries.")
-    known = config.known_keys()
-    for param in raw:
-        if param not in known:
-            raise LibTrafficError(
-                f"{path}: parameter '{param}' is not a config key of {config['model']} / {config['dataset']}, so tuning it "
-                f"would change nothing.{did_you_mean(param, known)} Known keys are listed in libtraffic/config/."
-            )
-    entries = {param: _check_entry(path, param, entry, config) for param, entry in raw.items()}
+def _searcher_problems(path: Path, entries: dict[str, dict], search_alg: str) -> list[str]:
+    """What ``search_alg`` cannot run: entry types it does not take, list values HyperOpt would alter."""
+    problems = []
     if search_alg in SEARCHER_TYPES:
         allowed, reason = SEARCHER_TYPES[search_alg]
         bad = {p: e["type"] for p, e in entries.items() if e["type"] not in allowed}
         if bad:
             listed = ", ".join(f"'{p}' ({t})" for p, t in bad.items())
-            raise LibTrafficError(
+            problems.append(
                 f"{path}: --search_alg {search_alg} cannot handle {listed}: {reason}. "
                 f"It accepts {', '.join(sorted(allowed))}. Use --search_alg "
                 f"{_alternatives(search_alg, set(bad.values()))}, or change those entries."
             )
-    return SearchSpace(path, entries, {p: SPACE_TYPES[e["type"]].ray(e) for p, e in entries.items()})
+    if search_alg == "HyperOpt":
+        listed = [p for p, e in entries.items() if any(isinstance(v, (list, dict)) for v in e.get("list", []))]
+        if listed:
+            problems.append(
+                f"{path}: --search_alg HyperOpt cannot handle list or object values ({', '.join(repr(p) for p in listed)}): "
+                "it hands them to the trials changed (lists become tuples), so every such trial would fail. "
+                "Use --search_alg BasicSearch or OptunaSearch for these entries."
+            )
+    return problems
+
+
+def read_search_space(name: str, config: ConfigParser, search_alg: str) -> tuple[SearchSpace, list[str]]:
+    """Read a space file and check every entry and field: the space of the valid entries, and every problem
+    found (for --dry_run, which lists them all). A file that cannot be read or is not an object raises."""
+    path = find_space_file(name)
+    raw = load_json(path, "space file")
+    if not isinstance(raw, dict) or not raw:
+        raise LibTrafficError(f"{path} must be a non-empty JSON object mapping parameter names to entries.")
+    known = config.known_keys()
+    problems, entries = [], {}
+    for param, entry in raw.items():
+        if param not in known:
+            problems.append(
+                f"{path}: parameter '{param}' is not a config key of {config['model']} / {config['dataset']}, so tuning it "
+                f"would change nothing.{did_you_mean(param, known)} Known keys are listed in libtraffic/config/."
+            )
+            continue
+        found = _entry_problems(path, param, entry, config)
+        problems += found
+        if not found:
+            entries[param] = entry
+    problems += _searcher_problems(path, entries, search_alg)
+    return SearchSpace(path, entries, {p: SPACE_TYPES[e["type"]].ray(e) for p, e in entries.items()}), problems
+
+
+def load_search_space(name: str, config: ConfigParser, search_alg: str) -> SearchSpace:
+    """Read, validate and convert a space file for ``search_alg``; raises LibTrafficError naming every problem."""
+    space, problems = read_search_space(name, config, search_alg)
+    if len(problems) == 1:
+        raise LibTrafficError(problems[0])
+    if problems:
+        raise LibTrafficError(f"{len(problems)} problems in the space file:\n" + "\n".join(f"  - {p}" for p in problems))
+    return space

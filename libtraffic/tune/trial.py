@@ -30,14 +30,21 @@ class TrialSettings:
     threads: int
 
 
-def trial_dirname(trial) -> str:
-    """Our name for a trial's folder, 'trial_<creation index>' (Ray's trial_dirname_creator): the same on
-    every run and resume, so seeds derived from it repeat."""
-    return f"{TRIAL_DIR_PREFIX}{ray_private.creation_index(trial):05d}"
+@dataclass(frozen=True)
+class TrialNames:
+    """Ray's trial_dirname_creator and trial_name_creator: a trial is 'trial_<number>' in its folder name,
+    in Ray's status table and in everything we print and save, numbered from 0 in creation order
+    whatever the searcher (as epochs are). The same on every run and resume, so seeds derived from it
+    repeat. ``first``: the creation index of the searcher's first trial (ray_private.first_creation_index)."""
+
+    first: int = 0
+
+    def __call__(self, trial) -> str:
+        return f"{TRIAL_DIR_PREFIX}{ray_private.creation_index(trial) - self.first:05d}"
 
 
 def trial_index(context) -> int:
-    """Creation index of the running trial, from the folder name trial_dirname gave it."""
+    """Number of the running trial (from 0), from the folder name TrialNames gave it."""
     return int(Path(context.get_trial_dir()).name.removeprefix(TRIAL_DIR_PREFIX))
 
 
