@@ -139,6 +139,7 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
     _quiet_environment()
     quiet_exit_in_callbacks()
     ray_private.quiet_ray_loggers()
+    ray_private.upload_experiment_state_in_turn()
     if ray.is_initialized():
         return Session(owned=False, address=ray.get_runtime_context().gcs_address)
     address = address or os.environ.get("RAY_ADDRESS") or None
