@@ -23,7 +23,7 @@ from libtraffic.tune import final_runs, session, settings
 from libtraffic.tune.context import TuneRun
 from libtraffic.tune.dry_run import dry_run
 from libtraffic.tune.finish import finish, save_interrupted
-from libtraffic.tune.interrupt import CtrlC, unfinished
+from libtraffic.tune.interrupt import CtrlC, interrupt_hint, unfinished
 from libtraffic.tune.options import TuneOptions
 from libtraffic.tune.records import collect_records
 from libtraffic.tune.searchers import SCHEDULERS, SEARCHERS
@@ -240,7 +240,7 @@ def _final_runs(run: TuneRun, results, gpus: float) -> list[dict[str, Any]]:
                                       run.logger, finished)
         except final_runs.Interrupted as stop:
             save_interrupted(run, records, stop.entries)
-            raise
+            raise KeyboardInterrupt(f"{interrupt_hint(run.exp_id)} {stop}") from None
 
 
 def _tuner(run: TuneRun, trainable, ctrl_c: CtrlC) -> tune.Tuner:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ray.tune import Callback
 
@@ -64,6 +66,27 @@ class _InstallCtrlC(Callback):
     def setup(self, **info) -> None:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self.ctrl_c.first)
+
+
+@contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """A Ctrl-C during the block takes effect right after it (through the handler that was set), so
+    bookkeeping that must stay consistent (a finished run recorded in memory and in its file) is never
+    cut in half. Outside the main thread the block simply runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
 
 
 def unfinished(results, expected_trials: int) -> bool:
