@@ -61,3 +61,48 @@ def test_experiment_state_is_written_only_after_its_previous_upload_ended(tmp_pa
     assert seen_at_save == [None, "1", "2"]  # each save came after the previous upload had ended
     assert uploaded.read_text() == "3"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def _signed_experiment(storage: Path, name: str) -> Path:
+    """An experiment folder as hyper_tune leaves it: Ray's state files, signed as Ray writes them."""
+    from libtraffic.tune import signing
+
+    staging = storage / "staging"
+    staging.mkdir(parents=True)
+    (staging / "experiment_state-2026.json").write_text('{"trial_data": []}')
+    (staging / "basic-variant-state-2026.json").write_bytes(b"\x80\x05K\x01.")
+    signing.sign_staging(staging)
+    folder = storage / name
+    staging.rename(folder)
+    (folder / "tuner.pkl").write_bytes(b"\x80\x05K\x02.")
+    signing.sign_tuner(str(storage), name)
+    return folder
+
+
+def test_resume_refuses_ray_state_files_not_signed_here(tmp_path: Path, monkeypatch) -> None:
+    """Section 1: every file Tuner.restore would unpickle must carry this machine's signature; a changed,
+    truncated, empty or added one is refused before anything is unpickled (the check reads bytes only)."""
+    import pytest
+
+    from libtraffic.tune import signing
+    from libtraffic.utils.errors import LibTrafficError
+
+    monkeypatch.chdir(tmp_path)
+    folder = _signed_experiment(tmp_path / "storage", "exp")
+    signing.verify_experiment(str(tmp_path / "storage"), "exp")
+    assert signing.key_path().stat().st_mode & 0o777 == 0o600
+
+    for name, content in [("tuner.pkl", b""), ("experiment_state-2026.json", b'{"trial_data": ['),
+                          ("callback-states-2026.pkl", b"cos\nsystem\n(S'touch pwned'\ntR.")]:
+        path = folder / name
+        before = path.read_bytes() if path.exists() else None
+        path.write_bytes(content)
+        with pytest.raises(LibTrafficError, match=rf"exp/{name} (carries no signature|does not match its signature)"):
+            signing.verify_experiment(str(tmp_path / "storage"), "exp")
+        path.write_bytes(before) if before is not None else path.unlink()
+    signing.verify_experiment(str(tmp_path / "storage"), "exp")
+
+    signing.key_path().write_text("0" * 64)  # another machine's key: nothing of this experiment verifies
+    with pytest.raises(LibTrafficError, match="copy that machine's key file here, if you trust it"):
+        signing.verify_experiment(str(tmp_path / "storage"), "exp")
+    assert not (tmp_path / "pwned").exists()

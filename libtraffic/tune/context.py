@@ -33,6 +33,8 @@ class TuneRun:
     cli_keys: frozenset[str] = frozenset()
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("libtraffic"))
     shared: PreparedData | RawData | None = None
+    #: --time_budget_s ended Tuner.fit() (set when it returns).
+    budget_spent: bool = False
     #: What ranks trials and picks each trial's best epoch: config key best_metric (set by --metric);
     #: an unknown metric stops when the run is created.
     ranking: BestMetric = field(init=False)

@@ -19,11 +19,11 @@ from ray import tune
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS, RAW_KEYS, PreparedData, RawData, read_raw
-from libtraffic.tune import final_runs, session, settings
+from libtraffic.tune import final_runs, session, settings, signing
 from libtraffic.tune.context import TuneRun
 from libtraffic.tune.dry_run import dry_run
 from libtraffic.tune.finish import finish, save_interrupted
-from libtraffic.tune.interrupt import CtrlC, interrupt_hint, unfinished
+from libtraffic.tune.interrupt import CtrlC, interrupt_hint, stop_kind, unfinished
 from libtraffic.tune.options import TuneOptions
 from libtraffic.tune.records import collect_records
 from libtraffic.tune.searchers import SCHEDULERS, SEARCHERS
@@ -72,14 +72,40 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
         return dry_run(run, lambda: _check_exp_id_for_dry_run(run))
     run.config = config.with_overrides({"exp_id": _claim_experiment(run)}, source="new experiment")
     record = _settings(run)
-    # A new run that fails before Ray starts leaves no experiment behind (its --exp_id stays free).
-    with experiment_lock.using(run.folder,
-                               discard_on_failure=lambda: not (opts.resume or session.experiment_exists(run.storage, str(run.exp_id))),
-                               disposable=frozenset({experiment_lock.LOCK_FILE, settings.SETTINGS_FILE})):
-        checked = opts.resume and settings.check_resume(record)
-        if not opts.resume:
-            settings.write_settings(record)
-        return _tune(run, settings_checked=checked or not opts.resume)
+    # A new run that fails before Ray saved its first state leaves no experiment behind (its --exp_id stays free).
+    try:
+        with experiment_lock.using(run.folder, discard_on_failure=lambda: _forget_unstarted(run),
+                                   disposable=frozenset({experiment_lock.LOCK_FILE, settings.SETTINGS_FILE})):
+            checked = opts.resume and settings.check_resume(record)
+            if not opts.resume:
+                settings.write_settings(record)
+            return _tune(run, settings_checked=checked or not opts.resume)
+    except KeyboardInterrupt as stop:
+        raise _next_command(run, stop) from None
+
+
+def _forget_unstarted(run: TuneRun) -> bool:
+    """Whether a failed or interrupted run leaves nothing to resume: a new run Ray never saved a state of.
+    Ray's folder of it, if any (a tuner.pkl alone), is removed: it was made by this run, moments ago."""
+    if run.options.resume or session.experiment_restorable(run.storage, str(run.exp_id)):
+        return False
+    if session.experiment_exists(run.storage, str(run.exp_id)):
+        session.remove_experiment(run.storage, str(run.exp_id))
+    return True
+
+
+def _next_command(run: TuneRun, stop: KeyboardInterrupt) -> KeyboardInterrupt:
+    """The interruption's message with the command that works next: --resume once Ray saved the
+    experiment's state, else the same command again (or with a new --exp_id if its folder is kept)."""
+    kind, what = stop_kind(stop)
+    if run.options.resume or session.experiment_restorable(run.storage, str(run.exp_id)):
+        message = str(stop) if "--resume --exp_id" in str(stop) else interrupt_hint(run.exp_id, what)
+    elif run.folder.exists():
+        message = (f"{what} before the experiment's first state was saved: nothing to resume. Start again with a "
+                   f"new --exp_id ({run.folder} is kept).")
+    else:
+        message = f"{what} before any trial started: nothing to resume. Start again with the same command."
+    return kind(message)
 
 
 def _settings(run: TuneRun) -> dict[str, Any]:
@@ -110,6 +136,11 @@ def _check_resumable(run: TuneRun) -> None:
     if not session.experiment_exists(run.storage, str(run.exp_id)):
         raise LibTrafficError(f"--resume: no experiment {run.ray_folder} to continue; check --exp_id. "
                               f"Experiments are looked for under --storage_path ({run.storage}).")
+    if not session.experiment_restorable(run.storage, str(run.exp_id)):
+        raise LibTrafficError(f"--resume: {run.ray_folder} holds no saved experiment state (tuner.pkl and "
+                              "experiment_state-*.json): it stopped before its first trial, so there is nothing to "
+                              "continue. Start a new experiment with a new --exp_id.")
+    signing.verify_experiment(run.storage, str(run.exp_id))
 
 
 def _check_exp_id_for_dry_run(run: TuneRun) -> None:
@@ -201,6 +232,7 @@ def progress_reporter(run: TuneRun) -> tune.CLIReporter:
 def _run_ray(run: TuneRun, ctrl_c: CtrlC):
     opts = run.options
     ray_session = session.connect(opts.ray_address, opts.cpu_per_trial, run.storage)
+    ctrl_c.handle_sigterm()
     try:
         gpus = session.check_resources(ray_session, opts.cpu_per_trial, opts.gpu_per_trial)
         session.check_storage_shared(ray_session, run.storage)
@@ -212,8 +244,9 @@ def _run_ray(run: TuneRun, ctrl_c: CtrlC):
         tuner = _tuner(run, trainable, ctrl_c)
         start = time.monotonic()
         results = tuner.fit()
-        budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
-        if not budget_spent and unfinished(results, run.expected_trials):
+        ctrl_c.fit_ended()
+        run.budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
+        if not run.budget_spent and unfinished(results, run.expected_trials):
             save_interrupted(run, collect_records(results, run.ranking))
             raise KeyboardInterrupt(ctrl_c.hint)
         finals = _final_runs(run, results, gpus)
@@ -227,7 +260,7 @@ def _final_runs(run: TuneRun, results, gpus: float) -> list[dict[str, Any]]:
     opts = run.options
     if not opts.final_seeds:
         return []
-    records = collect_records(results, run.ranking)
+    records = collect_records(results, run.ranking, run.budget_spent)
     runs = final_runs.plan(records, opts.final_top, opts.final_seeds, run.config["seed"])
     if not runs:
         return []  # no trial finished: finish() reports that
@@ -240,15 +273,24 @@ def _final_runs(run: TuneRun, results, gpus: float) -> list[dict[str, Any]]:
                                       run.logger, finished)
         except final_runs.Interrupted as stop:
             save_interrupted(run, records, stop.entries)
-            raise KeyboardInterrupt(f"{interrupt_hint(run.exp_id)} {stop}") from None
+            kind, what = stop_kind(stop)
+            raise kind(f"{interrupt_hint(run.exp_id, what)} {stop}") from None
 
 
 def _tuner(run: TuneRun, trainable, ctrl_c: CtrlC) -> tune.Tuner:
     opts = run.options
     if opts.resume:
         run.logger.info("Resuming experiment %s", run.ray_folder)
+        signing.verify_experiment(run.storage, str(run.exp_id))  # before Ray unpickles any of it
         return tune.Tuner.restore(run.ray_folder, trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
+    tuner = _new_tuner(run, trainable, ctrl_c)
+    signing.sign_tuner(run.storage, str(run.exp_id))
+    return tuner
+
+
+def _new_tuner(run: TuneRun, trainable, ctrl_c: CtrlC) -> tune.Tuner:
+    opts = run.options
     best = run.ranking
     searcher = SEARCHERS[opts.search_alg]
     return tune.Tuner(

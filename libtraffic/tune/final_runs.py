@@ -32,7 +32,7 @@ from libtraffic.pipeline.build import build_run
 from libtraffic.report.tables import mean_std_frame
 from libtraffic.results import TrialRecord
 from libtraffic.tune.context import trial_config
-from libtraffic.tune.interrupt import ctrl_c_deferred
+from libtraffic.tune.interrupt import Terminated, ctrl_c_deferred
 from libtraffic.tune.records import error_text
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.jsonio import load_json
@@ -152,9 +152,10 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C during the final runs; ``entries``: those that had finished (as run_all returns them). The
     message says what is kept; the caller adds how to resume."""
 
-    def __init__(self, message: str, finished_entries: list[dict[str, Any]]) -> None:
+    def __init__(self, message: str, finished_entries: list[dict[str, Any]], terminated: bool = False) -> None:
         super().__init__(message)
         self.entries = finished_entries
+        self.terminated = terminated  # by SIGTERM, not Ctrl-C
 
 
 def run_all(runs: list[FinalRun], base_config: ConfigParser, shared: PreparedData | RawData, cpus: int,
@@ -220,10 +221,10 @@ def _drain(runs: list[FinalRun], todo: list[int], runners: _Runners, submit, don
                         runner = runners.replace()
                 finished.save(runs[i], done[i], time.perf_counter() - submitted)
                 runners.idle.append(runner)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         ok = sum("test" in outcome for outcome in done.values())
         raise Interrupted(f"The {ok} of {len(runs)} final run(s) that finished are kept too ({finished.path}); a "
-                          "resume runs only the others.", entries(runs, done)) from None
+                          "resume runs only the others.", entries(runs, done), isinstance(stop, Terminated)) from None
 
 
 def summary(entries: list[dict[str, Any]]) -> str:

@@ -1,4 +1,5 @@
-"""Ctrl-C while tuning: every way it can arrive ends with our resume hint and exit code 130."""
+"""Ctrl-C and SIGTERM while tuning: every way they can arrive ends with our resume hint and exit code
+130 (Ctrl-C) or 143 (SIGTERM)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,23 @@ from ray.tune import Callback
 from libtraffic.tune import ray_private
 
 
-def interrupt_hint(exp_id: str | int) -> str:
-    return f"Interrupted: finished trials are kept. Continue with the same command plus --resume --exp_id {exp_id}."
+def interrupt_hint(exp_id: str | int, what: str = "Interrupted") -> str:
+    return f"{what}: finished trials are kept. Continue with the same command plus --resume --exp_id {exp_id}."
+
+
+def stop_kind(stop: BaseException) -> tuple[type[KeyboardInterrupt], str]:
+    """(the exception class, the word) of a stop: SIGTERM or Ctrl-C."""
+    if isinstance(stop, Terminated) or getattr(stop, "terminated", False):
+        return Terminated, "Terminated (SIGTERM)"
+    return KeyboardInterrupt, "Interrupted"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stops like a Ctrl-C at once (the same saving and hint); hyper_tune.py then exits with 143."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated("Terminated (SIGTERM).")
 
 
 class CtrlC:
@@ -29,28 +45,48 @@ class CtrlC:
     def __init__(self, exp_id: str | int) -> None:
         self.hint = interrupt_hint(exp_id)
         self._previous = None
+        self._in_fit = False
 
     def __enter__(self) -> "CtrlC":
+        self._in_fit = False
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self.at_once)  # Ray Tune restores it after its stop
+            self._previous = (signal.signal(signal.SIGINT, self.at_once), signal.getsignal(signal.SIGTERM))
+            self.handle_sigterm()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+            signal.signal(signal.SIGINT, self._previous[0])
+            signal.signal(signal.SIGTERM, self._previous[1])
 
     def __getstate__(self) -> dict:  # Ray Tune pickles its callbacks with the experiment
-        return {"hint": self.hint, "_previous": None}
+        return {"hint": self.hint, "_previous": None, "_in_fit": False}
+
+    def handle_sigterm(self) -> None:
+        """SIGTERM stops at once with the hint. Called again once Ray is started: its core worker puts a
+        handler of its own on SIGTERM that dumps a C stack and aborts (exit 134)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.terminated)
 
     def at_once(self, signum, frame) -> None:
         raise KeyboardInterrupt(self.hint)
 
+    def terminated(self, signum, frame) -> None:
+        raise Terminated(self.hint.replace("Interrupted", stop_kind(Terminated())[1], 1))
+
+    def fit_ended(self) -> None:
+        """Tuner.fit() returned: Ray Tune no longer listens for a graceful stop (it leaves its handlers
+        set), so from here a Ctrl-C stops at once."""
+        self._in_fit = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self.at_once)
+
     def first(self, signum, frame) -> None:
+        signal.signal(signal.SIGINT, self.at_once)
+        if not (self._in_fit and ray_private.tune_listens_for_stop()):
+            raise KeyboardInterrupt(self.hint)  # Ray Tune is not listening: stop at once
         print("\nCtrl-C: stopping after saving the experiment state (Ctrl-C again to quit at once).",
               file=sys.stderr, flush=True)
-        signal.signal(signal.SIGINT, self.at_once)
-        if not ray_private.tune_listens_for_stop():
-            raise KeyboardInterrupt(self.hint)  # Ray Tune is not listening: stop at once
         ray_private.request_graceful_stop()
 
     def callback(self) -> Callback:
@@ -65,6 +101,7 @@ class _InstallCtrlC(Callback):
 
     def setup(self, **info) -> None:
         if threading.current_thread() is threading.main_thread():
+            self.ctrl_c._in_fit = True
             signal.signal(signal.SIGINT, self.ctrl_c.first)
 
 

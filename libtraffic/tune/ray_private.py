@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 
 # Ray loggers quieted during a search, with why. Ray's public API has no switch for these messages.
 QUIET_LOGGERS = {
@@ -61,9 +62,10 @@ def request_graceful_stop() -> None:
 
 _STATE_LOGGER = "ray.tune.execution.experiment_state"
 _patch_lock = threading.Lock()
+_after_save: Callable[[str], None] | None = None
 
 
-def upload_experiment_state_in_turn() -> None:
+def upload_experiment_state_in_turn(after_save: Callable[[str], None] | None = None) -> None:
     """Make Ray Tune write its experiment state only when its previous upload has ended.
 
     Why: Ray Tune (2.60, ``_ExperimentCheckpointManager.sync_up_experiment_state``) writes the
@@ -76,7 +78,12 @@ def upload_experiment_state_in_turn() -> None:
     a half-written experiment_state-*.json, which a resume would then read. Waiting for the
     previous upload before writing closes that window; Ray waits for it right after writing anyway.
     Ray has no public switch for this. Installed once, in the driver.
+
+    ``after_save(folder)`` runs once Ray has written its state into its staging folder, before that
+    folder is uploaded (signing.py signs the state files there).
     """
+    global _after_save
+    _after_save = after_save
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 
     with _patch_lock:
@@ -88,6 +95,8 @@ def upload_experiment_state_in_turn() -> None:
             def save_after_upload() -> None:
                 _wait_for_upload(self._storage)
                 save_fn()
+                if _after_save is not None:
+                    _after_save(self._storage.experiment_driver_staging_path)
 
             return original(self, save_after_upload, force=force, wait=wait)
 

@@ -23,24 +23,28 @@ def error_text(error: BaseException | None) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def _ray_states(results) -> dict[str, str]:
-    """Ray's state of each trial (TERMINATED, ERROR, PENDING, RUNNING, PAUSED) by trial folder, read back
-    from the experiment's saved state (Ray's Result objects do not carry it)."""
+def _ray_trials(results) -> dict[str, tuple[str, dict]]:
+    """Ray's state (TERMINATED, ERROR, PENDING, RUNNING, PAUSED) and sampled config of each trial by trial
+    folder, read back from the experiment's saved state (Ray's Result objects carry neither for a trial
+    that never reported)."""
     analysis = ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem)
-    return {trial.path: trial.status for trial in analysis.trials}
+    return {trial.path: (trial.status, dict(trial.config or {})) for trial in analysis.trials}
 
 
-def _status(failed: bool, epochs: int, max_epoch: int, state: str) -> str:
+def _status(failed: bool, epochs: int, max_epoch: int, state: str, budget_spent: bool) -> str:
     """DONE, STOPPED EARLY (by the scheduler or early stopping), ERROR; for a trial that had not ended when
-    the run stopped: INTERRUPTED (it has epochs) or NOT STARTED."""
+    the run stopped: INTERRUPTED (it has epochs; TIME BUDGET when --time_budget_s stopped the run) or
+    NOT STARTED (no epoch)."""
     if failed:
         return "ERROR"
+    if not epochs:
+        return "NOT STARTED"
     if state in _NOT_ENDED:
-        return "INTERRUPTED" if epochs else "NOT STARTED"
+        return "TIME BUDGET" if budget_spent else "INTERRUPTED"
     return "DONE" if epochs >= max_epoch else "STOPPED EARLY"
 
 
-def _record(result, metric: BestMetric, state: str) -> TrialRecord:
+def _record(result, metric: BestMetric, state: str, sampled: dict, budget_spent: bool) -> TrialRecord:
     df = result.metrics_dataframe
     has_rows = df is not None and len(df) and "loss" in df and metric.name in df
     if has_rows:  # a resumed trial may repeat the epochs after its checkpoint: keep the last run
@@ -51,9 +55,9 @@ def _record(result, metric: BestMetric, state: str) -> TrialRecord:
     best_i = pick(range(len(values)), key=values.__getitem__) if values else None
     max_epoch = int(df["max_epoch"].iloc[-1]) if has_rows else 0
     return TrialRecord(
-        trial_id=str((result.metrics or {}).get("trial_id") or Path(result.path).name),
-        config={k: plain(v) for k, v in (result.config or {}).items()},
-        status=_status(bool(result.error), len(losses), max_epoch, state),
+        trial_id=str((result.metrics or {}).get("trial_id") or Path(result.path or "").name),
+        config={k: plain(v) for k, v in (result.config or sampled).items()},
+        status=_status(bool(result.error), len(losses), max_epoch, state, budget_spent),
         seed=int(df["trial_seed"].iloc[0]) if has_rows else None, epochs_run=len(losses),
         best_epoch=int(df["epoch"].iloc[best_i]) if best_i is not None else None,
         best_loss=losses[best_i] if best_i is not None else math.nan, loss_curve=losses, metric=metric.name,
@@ -65,7 +69,9 @@ def _record(result, metric: BestMetric, state: str) -> TrialRecord:
     )
 
 
-def collect_records(results, metric: BestMetric) -> list[TrialRecord]:
-    """One record per trial, best first by ``metric``; each trial's best epoch is its best by ``metric``."""
-    states = _ray_states(results)
-    return ranked([_record(result, metric, states.get(result.path, "TERMINATED")) for result in results])
+def collect_records(results, metric: BestMetric, budget_spent: bool = False) -> list[TrialRecord]:
+    """One record per trial, best first by ``metric``; each trial's best epoch is its best by ``metric``.
+    ``budget_spent``: --time_budget_s ended the run (the trials it stopped are TIME BUDGET)."""
+    trials = _ray_trials(results)
+    return ranked([_record(result, metric, *trials.get(result.path, ("TERMINATED", {})), budget_spent)
+                   for result in results])

@@ -24,7 +24,7 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from libtraffic.tune import ray_private
+from libtraffic.tune import ray_private, signing
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 
@@ -35,6 +35,7 @@ STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_")
 # freed memory; every trial runs in a new thread of a reused worker. Two arenas bound that
 # (bench/RESULTS.md, "Trial worker memory"). A value in the driver's environment wins.
 MALLOC_ARENA_MAX = "2"
+TUNER_FILE = "tuner.pkl"  # Ray Tune's pickled Tuner, in every experiment folder
 
 
 def is_uri(storage: str) -> bool:
@@ -62,6 +63,35 @@ def experiment_exists(storage: str, name: str) -> bool:
                               "or a URI pyarrow understands (s3://bucket/path, gs://bucket/path) with its "
                               "credentials set.") from err
     return info.type != pyarrow.fs.FileType.NotFound
+
+
+def _filesystem(storage: str):
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage if is_uri(storage) else os.path.abspath(storage))
+    return filesystem, root.rstrip("/")
+
+
+def experiment_files(storage: str, name: str) -> list[str]:
+    """The names of the files directly in experiment ``name`` (Ray's state files; trial folders excluded)."""
+    import pyarrow.fs
+
+    filesystem, root = _filesystem(storage)
+    infos = filesystem.get_file_info(pyarrow.fs.FileSelector(f"{root}/{name}", allow_not_found=True))
+    return sorted(info.base_name for info in infos if info.type == pyarrow.fs.FileType.File)
+
+
+def experiment_restorable(storage: str, name: str) -> bool:
+    """Whether Ray saved what Tuner.restore needs of experiment ``name``: its tuner.pkl (written when the
+    Tuner is made) and an experiment_state-*.json (written when fit() starts)."""
+    files = experiment_files(storage, name)
+    return TUNER_FILE in files and any(f.startswith("experiment_state-") and f.endswith(".json") for f in files)
+
+
+def remove_experiment(storage: str, name: str) -> None:
+    """Delete Ray's folder of experiment ``name`` (one this run created and nothing can resume)."""
+    filesystem, root = _filesystem(storage)
+    filesystem.delete_dir(f"{root}/{name}")
 
 
 def runtime_env(threads: int, storage: str) -> dict:
@@ -139,7 +169,7 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
     _quiet_environment()
     quiet_exit_in_callbacks()
     ray_private.quiet_ray_loggers()
-    ray_private.upload_experiment_state_in_turn()
+    ray_private.upload_experiment_state_in_turn(after_save=signing.sign_staging)
     if ray.is_initialized():
         return Session(owned=False, address=ray.get_runtime_context().gcs_address)
     address = address or os.environ.get("RAY_ADDRESS") or None
