@@ -106,3 +106,162 @@ def test_resume_refuses_ray_state_files_not_signed_here(tmp_path: Path, monkeypa
     with pytest.raises(LibTrafficError, match="copy that machine's key file here, if you trust it"):
         signing.verify_experiment(str(tmp_path / "storage"), "exp")
     assert not (tmp_path / "pwned").exists()
+
+
+# ---- hyper_tune.py as a subprocess on one shared Ray head, signals sent at points read from its output ----
+
+import json  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from libtraffic.data.synthetic import write_synthetic_dataset  # noqa: E402
+from tests.ray_nodes import RAY_ENV, free_port, start_node, wait_until  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DATASET = "TRUST_TINY"
+TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    port = free_port()
+    head = start_node(tmp_path_factory.mktemp("ray"), head_port=port, num_cpus=2)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.end()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trust")
+    write_synthetic_dataset(root / "raw_data", DATASET, num_nodes=4, num_days=2, seed=4)
+    (root / "one.json").write_text(json.dumps({"hidden_size": {"type": "grid_search", "list": [4]}}))
+    (root / "two.json").write_text(json.dumps({"hidden_size": {"type": "grid_search", "list": [4, 6]}}))
+    return root
+
+
+def command(exp_id: str, space: str, *args: str) -> list[str]:
+    return [sys.executable, str(REPO / "hyper_tune.py"), "--dataset", DATASET, "--space_file", space, "--exp_id",
+            exp_id, "--batch_size", "32", "--num_samples", "1", "--max_epoch", "1", *args]
+
+
+def environment(ray_address: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TUNE_DISABLE_SIGINT_HANDLER"}
+    return {**env, **RAY_ENV, "RAY_ADDRESS": ray_address, "OMP_NUM_THREADS": "1"}
+
+
+def run(workdir: Path, ray_address: str, cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=workdir, env=environment(ray_address), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def signal_when(workdir: Path, ray_address: str, cmd: list[str], sig: int, printed: str | None = None,
+                condition=None) -> tuple[int, str, str]:
+    """Run ``cmd``; send ``sig`` once stdout shows ``printed`` (or once ``condition()`` holds); (code, out, err)."""
+    err_file = workdir / f"stderr-{os.getpid()}-{id(cmd)}.txt"
+    with open(err_file, "w") as err_out:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=environment(ray_address), stdout=subprocess.PIPE,
+                                stderr=err_out, text=True)
+        out = []
+        if printed is not None:
+            for line in proc.stdout:
+                out.append(line)
+                if printed in line:
+                    break
+        else:
+            wait_until(lambda: condition() or proc.poll() is not None, TIMEOUT, "the moment to send the signal")
+        assert proc.poll() is None, "".join(out)[-3000:] + err_file.read_text()[-3000:]
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=TIMEOUT)
+    err = err_file.read_text()
+    err_file.unlink()
+    return proc.returncode, "".join(out) + rest, err
+
+
+def assert_no_crash(out: str, err: str) -> None:
+    for noise in ("Traceback", "*** SIG", "Aborted", "Exception ignored", "stack trace"):
+        assert noise not in out + err, (noise, err[-3000:])
+
+
+def next_command(err: str, cmd: list[str]) -> list[str]:
+    """The command the interruption message says works next."""
+    if "Continue with the same command plus --resume --exp_id" in err:
+        return [*cmd, "--resume"]
+    assert "Start again with the same command." in err, err[-2000:]
+    return cmd
+
+
+def test_ctrl_c_just_after_the_data_is_prepared_names_a_command_that_works(workdir, ray_head):
+    """Section 4, at ~3 s: the message's next command runs (before, it said --resume, which found no experiment)."""
+    cmd = command("early", "one")
+    code, out, err = signal_when(workdir, ray_head, cmd, signal.SIGINT, printed="Prepared data once in the driver")
+    assert code == 130, err[-3000:]
+    assert_no_crash(out, err)
+    again = run(workdir, ray_head, next_command(err, cmd))
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "Best trial config" in again.stdout
+
+
+def test_sigterm_during_the_final_runs_then_resume(workdir, ray_head):
+    """Section 4: SIGTERM in the final runs ends with 143 and the resume command (before: a C stack, exit 134);
+    the resume (which verifies the signed Ray state first) reuses the run that finished."""
+    cmd = command("term", "one", "--final_seeds", "3", "--max_concurrent", "1")
+    durable = workdir / "libtraffic" / "cache" / "term" / "hyper_tune_final_runs.json"
+
+    def one_run_saved() -> bool:
+        return durable.is_file() and len(json.loads(durable.read_text())["runs"]) >= 1
+
+    code, out, err = signal_when(workdir, ray_head, cmd, signal.SIGTERM, condition=one_run_saved)
+    assert code == 143, out[-2000:] + err[-3000:]
+    assert_no_crash(out, err)
+    assert "Terminated (SIGTERM): finished trials are kept. Continue with the same command plus --resume " \
+           "--exp_id term." in err and "final run(s) that finished are kept too" in err
+    kept = json.loads(durable.read_text())["runs"]
+    again = run(workdir, ray_head, next_command(err, cmd))
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert f"Reusing {len(kept)} of 3 final run(s)" in again.stdout
+
+
+def test_ctrl_c_in_the_end_phase_stops(workdir, ray_head):
+    """Section 4: a Ctrl-C once the search ended (best model, test metrics, report) stops with 130 and the
+    resume command; before, "stopping after saving" was printed and the run went on to exit 0."""
+    code, out, err = signal_when(workdir, ray_head, command("late", "one"), signal.SIGINT,
+                                 printed="Best trial config")
+    assert code == 130, out[-2000:] + err[-3000:]
+    assert "Continue with the same command plus --resume --exp_id late." in err
+    assert "stopping after saving" not in err
+    assert_no_crash(out, err)
+
+
+def test_resume_of_a_tampered_experiment_runs_no_code(workdir, ray_head):
+    """Section 1: a --storage_path another user can write: a tuner.pkl replaced by a pickle that runs a command
+    is refused with exit 2 before Ray unpickles it (before: Ray ran it on Tuner.restore)."""
+    storage = workdir / "shared"
+    cmd = command("tampered", "one", "--storage_path", str(storage))
+    first = run(workdir, ray_head, cmd)
+    assert first.returncode == 0, first.stderr[-3000:]
+    marker = workdir / "code-ran"
+    (storage / "tampered" / "tuner.pkl").write_bytes(f"cos\nsystem\n(S'touch {marker}'\ntR.".encode())
+    again = run(workdir, ray_head, [*cmd, "--resume"])
+    assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "tampered/tuner.pkl does not match its signature" in again.stderr and "Traceback" not in again.stderr
+    assert not marker.exists()
+
+
+def test_time_budget_cut_is_named_at_the_end_and_in_the_results(workdir, ray_head):
+    """Sections 4 and 6: --time_budget_s 1 stops the search mid-way: no traceback, the end says so, and no trial
+    is called DONE or STOPPED EARLY without its epochs; a trial that never ran keeps its sampled config."""
+    out = run(workdir, ray_head, command("budget", "two", "--max_epoch", "50", "--time_budget_s", "1"))
+    assert_no_crash(out.stdout, out.stderr)
+    rows = json.loads((workdir / "libtraffic" / "cache" / "budget" / "hyper_tune_results.json").read_text())
+    assert {r["status"] for r in rows} <= {"TIME BUDGET", "NOT STARTED"}, rows
+    assert all(r["config"]["hidden_size"] in (4, 6) for r in rows), rows
+    if out.returncode == 0:
+        assert "The run was stopped by --time_budget_s 1:" in out.stdout
+    else:
+        assert out.returncode == 1 and "No trial finished an epoch within --time_budget_s 1" in out.stderr, \
+            out.stderr[-3000:]

@@ -62,6 +62,12 @@ class TuneRun:
         return self.options.num_samples * self.space.grid_size()
 
     @property
+    def sampler_seed(self) -> int:
+        """--seed for the searchers and samplers, which take 0 <= seed < 2**32: any integer --seed works, as
+        in run_model.py (a negative one wraps around; 0 .. 2**32 - 1 are unchanged)."""
+        return self.config["seed"] % 2**32
+
+    @property
     def max_t(self) -> int:
         """The most epochs a trial can run (ASHA's and HyperBand's max_t)."""
         return int(self.space.upper_bound("max_epoch") or self.config["max_epoch"])

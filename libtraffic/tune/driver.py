@@ -19,7 +19,7 @@ from ray import tune
 from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS, RAW_KEYS, PreparedData, RawData, read_raw
-from libtraffic.tune import final_runs, session, settings, signing
+from libtraffic.tune import final_runs, ray_private, session, settings, signing
 from libtraffic.tune.context import TuneRun
 from libtraffic.tune.dry_run import dry_run
 from libtraffic.tune.finish import finish, save_interrupted
@@ -37,6 +37,8 @@ from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.logger import get_logger
 from libtraffic.utils.registry import lookup
 
+# The most trials a search may have (grid points x --num_samples).
+MAX_TRIALS = 10_000
 # Keys a space file may not name: they choose what runs, or are set per trial.
 FIXED_KEYS = {"task", "model", "dataset", "exp_id", "seed", "dataset_class", "executor", "evaluator",
               "hyper_tune", "train", "saved_model", "epoch", "gpu", "gpu_id", "best_metric"}
@@ -65,7 +67,15 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
     fixed = sorted(FIXED_KEYS & set(space.entries))
     if fixed:
         raise LibTrafficError(f"{space.path}: '{fixed[0]}' cannot be tuned; set it with --{fixed[0]} instead.")
+    # The driver reads the files once for every trial: what chooses the files or columns is one per experiment.
+    raw_tuned = sorted(set(space.entries) & (set(RAW_KEYS) | {"data_path"}))
+    if raw_tuned:
+        raise LibTrafficError(
+            f"{space.path}: '{raw_tuned[0]}' chooses which files or columns are read and cannot be tuned (trials "
+            "receive the data read once by this process). Run one experiment per value instead."
+        )
     run = TuneRun(config, space, opts, session.storage_root(opts.storage_path), frozenset(other_args or {}))
+    _check_search_size(run)
     if config["exp_id"] is None and opts.resume:
         raise LibTrafficError("--resume needs the --exp_id of the experiment to continue.")
     if opts.dry_run:
@@ -106,6 +116,19 @@ def _next_command(run: TuneRun, stop: KeyboardInterrupt) -> KeyboardInterrupt:
     else:
         message = f"{what} before any trial started: nothing to resume. Start again with the same command."
     return kind(message)
+
+
+def _check_search_size(run: TuneRun) -> None:
+    """Refuse a search of more than MAX_TRIALS trials, counted from the space file before Ray expands the grid:
+    Ray Tune builds every trial of a grid before the first one runs, which takes longer than any
+    --time_budget_s, silently."""
+    grid, samples = run.space.grid_size(), run.options.num_samples
+    if grid * samples > MAX_TRIALS:
+        raise LibTrafficError(
+            f"{run.space.path}: {grid:,} grid point(s) x --num_samples {samples} = {grid * samples:,} trials, more than "
+            f"the {MAX_TRIALS:,} a search may have (Ray Tune creates every trial of a grid before it starts one and "
+            "saves the whole list with every checkpoint: hours before the first trial, whatever --time_budget_s). Use "
+            "fewer grid_search values, or sample the space instead ('choice', 'uniform', ... with --num_samples).")
 
 
 def _settings(run: TuneRun) -> dict[str, Any]:
@@ -204,12 +227,6 @@ def _log_overrides(run: TuneRun) -> None:
 def _shared_data(run: TuneRun) -> PreparedData | RawData:
     """What every trial receives through Ray's object store: prepared data, or the raw arrays when
     the space tunes data settings (each trial then cuts and scales its own windows)."""
-    raw_tuned = sorted(set(run.space.entries) & set(RAW_KEYS))
-    if raw_tuned:
-        raise LibTrafficError(
-            f"{run.space.path}: '{raw_tuned[0]}' chooses which files or columns are read and cannot be tuned (trials "
-            "receive the data read once by this process). Run one experiment per value instead."
-        )
     data_tuned = sorted(set(run.space.entries) & set(DATA_KEYS))
     if data_tuned:
         raw = read_raw(run.config)
@@ -231,6 +248,7 @@ def progress_reporter(run: TuneRun) -> tune.CLIReporter:
 
 def _run_ray(run: TuneRun, ctrl_c: CtrlC):
     opts = run.options
+    ray_private.upload_experiment_state_in_turn(after_save=signing.sign_staging)
     ray_session = session.connect(opts.ray_address, opts.cpu_per_trial, run.storage)
     ctrl_c.handle_sigterm()
     try:

@@ -121,7 +121,7 @@ def dry_run(run: TuneRun, check_exp_id: Callable[[], None]) -> None:
     """--dry_run: print a few sampled configurations, then build every corner of the space and check the
     experiment id (``check_exp_id`` raises); all problems are reported together. Nothing is written."""
     config, space, options = run.config, run.space, run.options
-    rng = np.random.default_rng(config["seed"])
+    rng = np.random.default_rng(run.sampler_seed)
     trials = run.expected_trials
     finals = f", {describe_final_runs(options.final_seeds, options.final_top, trials)}" if options.final_seeds else ""
     print(f"Dry run: space file {space.path} is valid for --search_alg {options.search_alg}; "
@@ -132,7 +132,7 @@ def dry_run(run: TuneRun, check_exp_id: Callable[[], None]) -> None:
                                        "max_epoch", "batch_size", "input_window", "output_window", "scaler") if k in trial}
         print(f"  [{i}] sampled {sampled}\n      resolved {shown | sampled}")
     print(tunable_keys(config))
-    built = check_space(config, space, config["seed"], check_exp_id)
+    built = check_space(config, space, run.sampler_seed, check_exp_id)
     print(f"Dry run: built the dataset, model, optimiser, LR scheduler and evaluator of {built} configuration(s) "
           "(a base sample and every corner of each entry): no problem found. Nothing was trained.")
 

@@ -24,7 +24,7 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from libtraffic.tune import ray_private, signing
+from libtraffic.tune import ray_private
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 
@@ -35,7 +35,8 @@ STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_")
 # freed memory; every trial runs in a new thread of a reused worker. Two arenas bound that
 # (bench/RESULTS.md, "Trial worker memory"). A value in the driver's environment wins.
 MALLOC_ARENA_MAX = "2"
-TUNER_FILE = "tuner.pkl"  # Ray Tune's pickled Tuner, in every experiment folder
+TUNER_FILE = "tuner.pkl"
+STORAGE_RETRY_S = 20  # how long a request to gs:// storage is retried  # Ray Tune's pickled Tuner, in every experiment folder
 
 
 def is_uri(storage: str) -> bool:
@@ -51,13 +52,25 @@ def storage_root(flag: str | None) -> str:
     return str(paths.root() / os.path.expanduser(flag))
 
 
+def storage_filesystem(storage: str):
+    """(pyarrow filesystem, root path) of --storage_path. Google Cloud Storage retries a request it cannot
+    send for 15 minutes by default; ours give up after STORAGE_RETRY_S, so an unreachable gs:// fails
+    within a minute, as s3:// does."""
+    import pyarrow.fs
+
+    if storage.startswith("gs://") and "retry_limit_seconds=" not in storage:
+        storage += ("&" if "?" in storage else "?") + f"retry_limit_seconds={STORAGE_RETRY_S}"
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage if is_uri(storage) else os.path.abspath(storage))
+    return filesystem, root.rstrip("/")
+
+
 def experiment_exists(storage: str, name: str) -> bool:
     """Whether ``storage``/``name`` exists, locally or behind a URI (through pyarrow's filesystems)."""
     import pyarrow.fs
 
     try:
-        filesystem, root = pyarrow.fs.FileSystem.from_uri(storage if is_uri(storage) else os.path.abspath(storage))
-        info = filesystem.get_file_info(f"{root.rstrip('/')}/{name}")
+        filesystem, root = storage_filesystem(storage)
+        info = filesystem.get_file_info(f"{root}/{name}")
     except (pyarrow.ArrowException, OSError, ValueError) as err:
         raise LibTrafficError(f"--storage_path {storage} cannot be opened: {err}. Pass a local or shared folder, "
                               "or a URI pyarrow understands (s3://bucket/path, gs://bucket/path) with its "
@@ -65,18 +78,11 @@ def experiment_exists(storage: str, name: str) -> bool:
     return info.type != pyarrow.fs.FileType.NotFound
 
 
-def _filesystem(storage: str):
-    import pyarrow.fs
-
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage if is_uri(storage) else os.path.abspath(storage))
-    return filesystem, root.rstrip("/")
-
-
 def experiment_files(storage: str, name: str) -> list[str]:
     """The names of the files directly in experiment ``name`` (Ray's state files; trial folders excluded)."""
     import pyarrow.fs
 
-    filesystem, root = _filesystem(storage)
+    filesystem, root = storage_filesystem(storage)
     infos = filesystem.get_file_info(pyarrow.fs.FileSelector(f"{root}/{name}", allow_not_found=True))
     return sorted(info.base_name for info in infos if info.type == pyarrow.fs.FileType.File)
 
@@ -90,7 +96,7 @@ def experiment_restorable(storage: str, name: str) -> bool:
 
 def remove_experiment(storage: str, name: str) -> None:
     """Delete Ray's folder of experiment ``name`` (one this run created and nothing can resume)."""
-    filesystem, root = _filesystem(storage)
+    filesystem, root = storage_filesystem(storage)
     filesystem.delete_dir(f"{root}/{name}")
 
 
@@ -169,7 +175,6 @@ def connect(address: str | None, threads: int, storage: str) -> Session:
     _quiet_environment()
     quiet_exit_in_callbacks()
     ray_private.quiet_ray_loggers()
-    ray_private.upload_experiment_state_in_turn(after_save=signing.sign_staging)
     if ray.is_initialized():
         return Session(owned=False, address=ray.get_runtime_context().gcs_address)
     address = address or os.environ.get("RAY_ADDRESS") or None

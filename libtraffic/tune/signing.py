@@ -18,6 +18,7 @@ import os
 import secrets
 from pathlib import Path
 
+from libtraffic.tune.session import storage_filesystem
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
 
@@ -75,12 +76,8 @@ def sign_staging(folder: str | Path) -> None:
 
 
 def _filesystem(storage: str, name: str):
-    import pyarrow.fs
-
-    from libtraffic.tune.session import is_uri
-
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage if is_uri(storage) else os.path.abspath(storage))
-    return filesystem, f"{root.rstrip('/')}/{name}"
+    filesystem, root = storage_filesystem(storage)
+    return filesystem, f"{root}/{name}"
 
 
 def sign_tuner(storage: str, name: str) -> None:
