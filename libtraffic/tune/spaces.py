@@ -328,7 +328,11 @@ def _check_entry(path: Path, param: str, entry: Any, config: ConfigParser) -> di
 def load_search_space(name: str, config: ConfigParser, search_alg: str) -> SearchSpace:
     """Read, validate and convert a space file for ``search_alg``; raises LibTrafficError."""
     path = find_space_file(name)
-    raw = load_json(path, "space file")
+    try:
+        raw = load_json(path, "space file")
+    except RecursionError as err:  # Python's JSON parser recurses once per level
+        raise LibTrafficError(f"{path} is nested too deeply to read: a space file maps each parameter to one flat "
+                              'entry such as {"hidden_size": {"type": "choice", "list": [32, 64]}}.') from err
     if not isinstance(raw, dict) or not raw:
         raise LibTrafficError(f"{path} must be a non-empty JSON object mapping parameter names to entries.")
     known = config.known_keys()
