@@ -102,6 +102,16 @@ def test_resume_refuses_ray_state_files_not_signed_here(tmp_path: Path, monkeypa
         path.write_bytes(before) if before is not None else path.unlink()
     signing.verify_experiment(str(tmp_path / "storage"), "exp")
 
+    # Ray saves again: the new version is signed, and the last one stays valid (an upload cut short can
+    # leave the previous file beside the new signatures)
+    state = folder / "experiment_state-2026.json"
+    first = state.read_bytes()
+    state.write_text('{"trial_data": [1]}')
+    signing.sign_staging(folder)
+    signing.verify_experiment(str(tmp_path / "storage"), "exp")
+    state.write_bytes(first)
+    signing.verify_experiment(str(tmp_path / "storage"), "exp")
+
     signing.key_path().write_text("0" * 64)  # another machine's key: nothing of this experiment verifies
     with pytest.raises(LibTrafficError, match="copy that machine's key file here, if you trust it"):
         signing.verify_experiment(str(tmp_path / "storage"), "exp")

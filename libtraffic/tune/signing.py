@@ -28,6 +28,7 @@ STATE_SIGNATURES = "libtraffic-state-signatures.json"
 #: The signature of tuner.pkl, which Ray writes straight to the storage when the Tuner is made.
 TUNER_SIGNATURE = "libtraffic-tuner-signature.json"
 _OURS = (STATE_SIGNATURES, TUNER_SIGNATURE)
+KEPT_VERSIONS = 3  # signatures kept per state file (see sign_staging)
 
 
 def key_path() -> Path:
@@ -63,16 +64,37 @@ def unpickled_by_ray(name: str) -> bool:
 
 
 def sign_staging(folder: str | Path) -> None:
-    """Sign every state file in Ray's local staging folder (after Ray wrote them, before it uploads them)."""
+    """Sign every state file in Ray's local staging folder (after Ray wrote them, before it uploads them).
+
+    The signatures of a file's last KEPT_VERSIONS versions stay valid: an upload cut short (a process
+    killed while Ray copies the folder) can leave a file and the signatures of different saves, all
+    written here."""
     folder = Path(folder)
     if not folder.is_dir():
         return
     key = signing_key()
-    signed = {p.name: signature(key, p.name, p.read_bytes()) for p in sorted(folder.iterdir())
-              if p.is_file() and unpickled_by_ray(p.name) and p.name != "tuner.pkl"}
+    previous = _read_signatures((folder / STATE_SIGNATURES).read_bytes()) if (folder / STATE_SIGNATURES).is_file() \
+        else {}
+    signed = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and unpickled_by_ray(p.name) and p.name != "tuner.pkl":
+            new = signature(key, p.name, p.read_bytes())
+            signed[p.name] = [*[old for old in previous.get(p.name, []) if old != new], new][-KEPT_VERSIONS:]
     tmp = folder / f".{STATE_SIGNATURES}.tmp"
     tmp.write_text(json.dumps(signed, indent=1, sort_keys=True))
     os.replace(tmp, folder / STATE_SIGNATURES)
+
+
+def _read_signatures(content: bytes) -> dict[str, list[str]]:
+    """A signatures file's {file name: [signature, ...]}; {} for anything else (nothing then verifies)."""
+    try:
+        signed = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(signed, dict):
+        return {}
+    return {name: [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+            for name, value in signed.items()}
 
 
 def _filesystem(storage: str, name: str):
@@ -102,21 +124,14 @@ def verify_experiment(storage: str, name: str) -> None:
         with filesystem.open_input_stream(f"{folder}/{file}") as handle:
             return handle.readall()
 
-    def signatures(file: str) -> dict:
-        if file not in files:
-            return {}
-        try:
-            signed = json.loads(read(file))
-        except (ValueError, UnicodeDecodeError):
-            return {}
-        return signed if isinstance(signed, dict) else {}
-
-    signed = {**signatures(STATE_SIGNATURES), **signatures(TUNER_SIGNATURE)}
+    signed = {}
+    for ours in _OURS:
+        signed |= _read_signatures(read(ours)) if ours in files else {}
     key = signing_key()
     for file in sorted(f for f in files if unpickled_by_ray(f)):
-        expected = signed.get(file)
-        if not isinstance(expected, str) or not hmac.compare_digest(expected, signature(key, file, read(file))):
-            why = "carries no signature" if expected is None else "does not match its signature (changed or damaged)"
+        actual = signature(key, file, read(file))
+        if not any(hmac.compare_digest(expected, actual) for expected in signed.get(file, [])):
+            why = "carries no signature" if file not in signed else "does not match its signature (changed or damaged)"
             raise LibTrafficError(
                 f"--resume: {storage}/{name}/{file} {why}. Resuming makes Ray unpickle that file, which can run "
                 f"any code, so only files this machine's hyper_tune.py wrote and signed (key {key_path()}) are "
