@@ -131,11 +131,13 @@ class Session:
         return f"the Ray cluster at {self.address}" if self.address else "this machine"
 
     def end(self) -> None:
-        """Disconnect (and end a private instance); a Ctrl-C meanwhile is ignored: an interrupted
-        ray.shutdown() leaves the process to exit with code 1 instead of our 130 and hint."""
+        """Disconnect (and end a private instance); a Ctrl-C or SIGTERM meanwhile is ignored (the process
+        ends right after): an interrupted ray.shutdown() leaves the process to exit with code 1 instead
+        of our 130 / 143 and hint."""
 
         main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        ending = (signal.SIGINT, signal.SIGTERM)
+        previous = [signal.signal(sig, signal.SIG_IGN) for sig in ending] if main else []
         try:
             if self.owned:
                 ray.shutdown()
@@ -143,8 +145,8 @@ class Session:
                 self.watchdog.stdin.close()  # the watchdog finds nothing left to end
                 self.watchdog.wait(timeout=30)
         finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in zip(ending, previous):
+                signal.signal(sig, handler)
 
 
 def _quiet_environment() -> None:
