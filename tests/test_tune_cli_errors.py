@@ -534,3 +534,17 @@ def test_any_integer_seed_works_for_every_searcher(tune_dir: Path) -> None:
     assert TuneRun(ConfigParser("traffic_state_pred", "GRU", "TINY", None, other_args={"seed": 7}),
                    load_search_space("lr", config, "BasicSearch"), TuneOptions.from_arguments({}),
                    "storage").sampler_seed == 7  # seeds numpy takes are unchanged
+
+
+def test_resume_of_a_ray_folder_without_state_or_with_an_empty_tuner_pkl(tune_dir: Path) -> None:
+    """--resume of an experiment Ray never saved a state of (stopped before its first trial), and of one whose
+    tuner.pkl is empty or experiment_state is truncated: exit 2 with what to do, before Ray reads anything."""
+    folder = tune_dir / "libtraffic" / "cache" / "hyper_tune" / "cut"
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"")
+    tune_error(tune_dir, r"--resume: .*hyper_tune/cut holds no saved experiment state \(tuner\.pkl and "
+               r"experiment_state-\*\.json\)", "Start a new experiment with a new --exp_id", resume=True,
+               other_args={"exp_id": "cut"})
+    (folder / "experiment_state-2026-12-04_10-00-00.json").write_text('{"trial_data": [')
+    tune_error(tune_dir, r"cut/experiment_state-2026-12-04_10-00-00\.json carries no signature", resume=True,
+               other_args={"exp_id": "cut"})
