@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
 import pyarrow.fs
+import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from libtraffic.tune import ray_private
@@ -61,6 +63,23 @@ def test_experiment_state_is_written_only_after_its_previous_upload_ended(tmp_pa
     assert seen_at_save == [None, "1", "2"]  # each save came after the previous upload had ended
     assert uploaded.read_text() == "3"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_final_run_bookkeeping_waits_for_its_end(sig) -> None:
+    """Section 8: a final run that returned is recorded in memory and in its file together, so the results file
+    of an interruption lists exactly the runs the resume reuses (a real signal to this process)."""
+    from libtraffic.tune.interrupt import CtrlC, Terminated, ctrl_c_deferred
+
+    recorded = []
+    with CtrlC("e1"), pytest.raises(Terminated if sig == signal.SIGTERM else KeyboardInterrupt) as stop:
+        with ctrl_c_deferred():
+            recorded.append("in memory")
+            os.kill(os.getpid(), sig)  # handled by Python at the next instruction, inside the block
+            recorded.append("in the file")
+    assert recorded == ["in memory", "in the file"]
+    assert "--resume --exp_id e1" in str(stop.value)
 
 
 def _signed_experiment(storage: Path, name: str) -> Path:
@@ -121,11 +140,9 @@ def test_resume_refuses_ray_state_files_not_signed_here(tmp_path: Path, monkeypa
 # ---- hyper_tune.py as a subprocess on one shared Ray head, signals sent at points read from its output ----
 
 import json  # noqa: E402
-import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-import pytest  # noqa: E402
 
 from libtraffic.data.synthetic import write_synthetic_dataset  # noqa: E402
 from tests.ray_nodes import RAY_ENV, free_port, start_node, wait_until  # noqa: E402

@@ -107,23 +107,26 @@ class _InstallCtrlC(Callback):
 
 @contextmanager
 def ctrl_c_deferred() -> Iterator[None]:
-    """A Ctrl-C during the block takes effect right after it (through the handler that was set), so
-    bookkeeping that must stay consistent (a finished run recorded in memory and in its file) is never
+    """A Ctrl-C or SIGTERM during the block takes effect right after it (through the handler that was set),
+    so bookkeeping that must stay consistent (a finished run recorded in memory and in its file) is never
     cut in half. Outside the main thread the block simply runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    deferred = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in deferred}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if caught:
-            if callable(previous):
-                previous(signal.SIGINT, None)
-            elif previous != signal.SIG_IGN:
-                raise KeyboardInterrupt
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
 
 
 def unfinished(results, expected_trials: int) -> bool:
