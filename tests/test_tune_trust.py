@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,8 +15,13 @@ import pyarrow.fs
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
+from libtraffic.data.synthetic import write_synthetic_dataset
 from libtraffic.tune import ray_private
+from tests.ray_nodes import RAY_ENV, free_port, start_node, wait_until
 
+REPO = Path(__file__).resolve().parent.parent
+DATASET = "TRUST_TINY"
+TIMEOUT = 600
 SLOW_UPLOAD_S = 3.0  # how long the first upload below takes; the fixed code waits for it, whatever its length
 
 
@@ -139,17 +147,7 @@ def test_resume_refuses_ray_state_files_not_signed_here(tmp_path: Path, monkeypa
 
 # ---- hyper_tune.py as a subprocess on one shared Ray head, signals sent at points read from its output ----
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
-
-from libtraffic.data.synthetic import write_synthetic_dataset  # noqa: E402
-from tests.ray_nodes import RAY_ENV, free_port, start_node, wait_until  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-DATASET = "TRUST_TINY"
-TIMEOUT = 600
 
 
 @pytest.fixture(scope="module")
