@@ -148,8 +148,6 @@ def test_resume_refuses_ray_state_files_not_signed_here(tmp_path: Path, monkeypa
 # ---- hyper_tune.py as a subprocess on one shared Ray head, signals sent at points read from its output ----
 
 
-
-
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     port = free_port()
