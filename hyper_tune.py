@@ -3,6 +3,7 @@
     python hyper_tune.py --task traffic_state_pred --model GRU --dataset METR_LA --space_file sample_space_file
 """
 
+import signal
 import sys
 
 from libtraffic.tune.options import add_flags, from_namespace
@@ -19,6 +20,9 @@ def main() -> None:
     add_flags(parser)
     add_general_arguments(parser)
     args, extras = parser.parse_known_args()
+    from libtraffic.tune.interrupt import Terminated, raise_terminated
+
+    signal.signal(signal.SIGTERM, raise_terminated)  # until the tuning run puts its own handler
     overrides = collect_overrides(args, ["exp_id", "seed", *GENERAL_ARGUMENTS], extra_config_args(parser, extras))
     options = from_namespace(args)
     from libtraffic.tune import hyper_parameter
@@ -30,6 +34,10 @@ def main() -> None:
     except TuningFailed as err:
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Terminated as err:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one while the process ends changes nothing
+        print(f"\n{err}", file=sys.stderr, flush=True)
+        sys.exit(143)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ FINAL_RUNS_FILE = "hyper_tune_final_runs.json"
 BEST_CONFIG_SUFFIX = "_best_config.json"
 
 #: Statuses of a trial: it ran to max_epoch, was stopped early (scheduler or early stopping), failed,
-#: or had not ended when the run stopped (with epochs, or none).
-STATUSES = ("DONE", "STOPPED EARLY", "ERROR", "INTERRUPTED", "NOT STARTED")
+#: or had not ended when the run stopped (with epochs: by Ctrl-C, or by --time_budget_s; or none).
+STATUSES = ("DONE", "STOPPED EARLY", "ERROR", "INTERRUPTED", "TIME BUDGET", "NOT STARTED")
 
 
 @dataclass

@@ -526,3 +526,75 @@ def test_a_real_run_stops_at_its_first_problem_with_the_same_message(tune_dir: P
     tune_error(tune_dir, r"^--num_samples must be at least 1, got 0\.$", space_file="many", num_samples=0)
     message = tune_error(tune_dir, r"^5 problems in the space file:\n  - ", space_file="many", search_alg="HyperOpt")
     assert "'seed' cannot be tuned" not in message  # checked once the space file is fixed, as before
+
+
+# ----------------------------------------------------------------------------- issue 15 (tuning side)
+
+
+def test_a_grid_too_big_to_expand_is_refused_before_ray(tune_dir: Path) -> None:
+    """A 1000 x 1000 grid: refused at once, counted from the file (Ray would build every trial first, for
+    longer than any --time_budget_s)."""
+    space = {"hidden_size": {"type": "grid_search", "list": list(range(2, 1002))},
+             "learning_rate": {"type": "grid_search", "list": [0.0001 * (i + 1) for i in range(1000)]}}
+    (tune_dir / "huge.json").write_text(json.dumps(space))
+    tune_error(tune_dir, r"huge\.json: 1,000,000 grid point\(s\) x --num_samples 1 = 1,000,000 trials, more than the "
+               r"10,000 a search may have", "sample the space instead", space_file="huge", num_samples=1,
+               time_budget_s=20)
+
+
+def test_tuning_data_path_is_refused_up_front(tune_dir: Path) -> None:
+    """Every trial receives the data this process read: a tuned data_path would be ignored."""
+    (tune_dir / "paths.json").write_text(json.dumps({"data_path": {"type": "choice", "list": ["a", "b"]}}))
+    tune_error(tune_dir, r"paths\.json: 'data_path' chooses which files or columns are read and cannot be tuned",
+               "Run one experiment per value instead", space_file="paths")
+    tune_error(tune_dir, r"'data_path' chooses which files", space_file="paths", dry_run=True)
+
+
+def test_a_space_file_nested_100k_levels_deep(tune_dir: Path) -> None:
+    (tune_dir / "deep.json").write_text('{"hidden_size": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    tune_error(tune_dir, r"deep\.json is nested too deeply to read", '{"hidden_size": {"type": "choice"',
+               space_file="deep")
+
+
+def test_unreachable_gcs_storage_fails_within_a_minute(tune_dir: Path) -> None:
+    """--storage_path gs://...: Google's client retries an unsendable request for 15 minutes by default."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(lambda: pytest.raises(LibTrafficError, tune, other_args={"exp_id": "gcs"},
+                                                   storage_path="gs://libtraffic-no-such-bucket-15/tune"))
+        error = future.result(timeout=120).value  # our retry limit is 20 s; a hang fails here
+    assert "--storage_path gs://libtraffic-no-such-bucket-15/tune cannot be opened" in str(error)
+    assert not (tune_dir / "libtraffic" / "cache" / "gcs").exists()
+
+
+def test_any_integer_seed_works_for_every_searcher(tune_dir: Path) -> None:
+    """hyper_tune --seed -1 is accepted, as by run_model.py (numpy's samplers take 0 <= seed < 2**32 only)."""
+    from libtraffic.config import ConfigParser
+    from libtraffic.tune.context import TuneRun
+    from libtraffic.tune.options import TuneOptions
+    from libtraffic.tune.searchers import SEARCHERS
+    from libtraffic.tune.spaces import load_search_space
+
+    (tune_dir / "lr.json").write_text(json.dumps({"learning_rate": {"type": "uniform", "lower": 0.001,
+                                                                     "upper": 0.01}}))
+    for seed in (-1, -2**40, 2**40):
+        config = ConfigParser("traffic_state_pred", "GRU", "TINY", None, other_args={"seed": seed})
+        for name, searcher in SEARCHERS.items():
+            run = TuneRun(config, load_search_space("lr", config, name), TuneOptions.from_arguments({}), "storage")
+            assert 0 <= run.sampler_seed < 2**32 and searcher.build(run) is not None
+    assert TuneRun(ConfigParser("traffic_state_pred", "GRU", "TINY", None, other_args={"seed": 7}),
+                   load_search_space("lr", config, "BasicSearch"), TuneOptions.from_arguments({}),
+                   "storage").sampler_seed == 7  # seeds numpy takes are unchanged
+
+
+def test_resume_of_a_ray_folder_without_state_or_with_an_empty_tuner_pkl(tune_dir: Path) -> None:
+    """--resume of an experiment Ray never saved a state of (stopped before its first trial), and of one whose
+    tuner.pkl is empty or experiment_state is truncated: exit 2 with what to do, before Ray reads anything."""
+    folder = tune_dir / "libtraffic" / "cache" / "hyper_tune" / "cut"
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"")
+    tune_error(tune_dir, r"--resume: .*hyper_tune/cut holds no saved experiment state \(tuner\.pkl and "
+               r"experiment_state-\*\.json\)", "Start a new experiment with a new --exp_id", resume=True,
+               other_args={"exp_id": "cut"})
+    (folder / "experiment_state-2026-12-04_10-00-00.json").write_text('{"trial_data": [')
+    tune_error(tune_dir, r"cut/experiment_state-2026-12-04_10-00-00\.json carries no signature", resume=True,
+               other_args={"exp_id": "cut"})

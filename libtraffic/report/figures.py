@@ -23,7 +23,8 @@ from libtraffic.report.importance import MIN_TRIALS, importance  # noqa: E402
 
 STATUS_STYLE = {"DONE": dict(color="tab:blue", linestyle="-"),
                 "STOPPED EARLY": dict(color="tab:orange", linestyle="--"),
-                "INTERRUPTED": dict(color="tab:purple", linestyle=":")}  # the run was stopped (Ctrl-C) mid-trial
+                "INTERRUPTED": dict(color="tab:purple", linestyle=":"),  # the run was stopped (Ctrl-C) mid-trial
+                "TIME BUDGET": dict(color="tab:brown", linestyle=":")}  # --time_budget_s ended the run mid-trial
 BEST_COLOR = "tab:red"
 MAX_LEGEND = 12  # trials named in a legend; more would hide the plot
 PLOTTED_METRICS = ("MAE", "RMSE", "MAPE")

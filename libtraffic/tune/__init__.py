@@ -12,7 +12,8 @@
     dry_run.py     --dry_run: every corner of the space built, nothing trained
     settings.py    the experiment's settings, stored and compared on --resume
     session.py     joining Ray or starting a private instance; resources; storage
-    interrupt.py   Ctrl-C at any moment
+    interrupt.py   Ctrl-C and SIGTERM at any moment
+    signing.py     HMAC signatures of the Ray state files a resume unpickles
     watchdog.py    ends a killed driver's private Ray processes
     ray_private.py the few Ray behaviours outside its public API we rely on, and why
 

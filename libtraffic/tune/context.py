@@ -33,6 +33,8 @@ class TuneRun:
     cli_keys: frozenset[str] = frozenset()
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("libtraffic"))
     shared: PreparedData | RawData | None = None
+    #: --time_budget_s ended Tuner.fit() (set when it returns).
+    budget_spent: bool = False
     #: What ranks trials and picks each trial's best epoch: config key best_metric (set by --metric);
     #: an unknown metric stops when the run is created.
     ranking: BestMetric = field(init=False)
@@ -58,6 +60,12 @@ class TuneRun:
     def expected_trials(self) -> int:
         """How many trials the search creates: --num_samples per grid point."""
         return self.options.num_samples * self.space.grid_size()
+
+    @property
+    def sampler_seed(self) -> int:
+        """--seed for the searchers and samplers, which take 0 <= seed < 2**32: any integer --seed works, as
+        in run_model.py (a negative one wraps around; 0 .. 2**32 - 1 are unchanged)."""
+        return self.config["seed"] % 2**32
 
     @property
     def max_t(self) -> int:

@@ -21,11 +21,11 @@ from libtraffic.config import ConfigParser
 from libtraffic.data import get_dataset
 from libtraffic.data.prepared import DATA_KEYS, RAW_KEYS, PreparedData, RawData, read_raw
 from libtraffic.executor.best_metric import parse_best_metric
-from libtraffic.tune import final_runs, ray_private, session, settings
+from libtraffic.tune import final_runs, ray_private, session, settings, signing
 from libtraffic.tune.context import TuneRun
 from libtraffic.tune.dry_run import Problems, dry_run
 from libtraffic.tune.finish import finish, save_interrupted
-from libtraffic.tune.interrupt import CtrlC, unfinished
+from libtraffic.tune.interrupt import CtrlC, interrupt_hint, stop_kind, unfinished
 from libtraffic.tune.options import TuneOptions
 from libtraffic.tune.records import collect_records
 from libtraffic.tune.progress import StatusTable, TrialLines
@@ -40,6 +40,8 @@ from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.logger import get_logger
 from libtraffic.utils.registry import lookup
 
+# The most trials a search may have (grid points x --num_samples).
+MAX_TRIALS = 10_000
 # Keys a space file may not name: they choose what runs, or are set per trial.
 FIXED_KEYS = {"task", "model", "dataset", "exp_id", "seed", "dataset_class", "executor", "evaluator",
               "hyper_tune", "train", "saved_model", "epoch", "gpu", "gpu_id", "best_metric"}
@@ -70,6 +72,7 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
     if problems.call(parse_best_metric, config["best_metric"], config["output_window"], where="--metric") is None:
         config = config.with_overrides({"best_metric": "loss"}, source="dry run")  # reached by --dry_run only
     run = TuneRun(config, space, opts, session.storage_root(opts.storage_path), frozenset(other_args or {}))
+    _check_search_size(run)
     if config["exp_id"] is None and opts.resume:
         problems.add("--resume needs the --exp_id of the experiment to continue.")
     if opts.dry_run:
@@ -77,14 +80,53 @@ def hyper_parameter(task: str | None = None, model_name: str | None = None, data
         return dry_run(run, problems, lambda: _check_exp_id_for_dry_run(run, compare))
     run.config = config.with_overrides({"exp_id": _claim_experiment(run)}, source="new experiment")
     record = _settings(run)
-    # A new run that fails before Ray starts leaves no experiment behind (its --exp_id stays free).
-    with experiment_lock.using(run.folder,
-                               discard_on_failure=lambda: not (opts.resume or session.experiment_exists(run.storage, str(run.exp_id))),
-                               disposable=frozenset({experiment_lock.LOCK_FILE, settings.SETTINGS_FILE})):
-        checked = opts.resume and settings.check_resume(record)
-        if not opts.resume:
-            settings.write_settings(record)
-        return _tune(run, settings_checked=checked or not opts.resume)
+    # A new run that fails before Ray saved its first state leaves no experiment behind (its --exp_id stays free).
+    try:
+        with experiment_lock.using(run.folder, discard_on_failure=lambda: _forget_unstarted(run),
+                                   disposable=frozenset({experiment_lock.LOCK_FILE, settings.SETTINGS_FILE})):
+            checked = opts.resume and settings.check_resume(record)
+            if not opts.resume:
+                settings.write_settings(record)
+            return _tune(run, settings_checked=checked or not opts.resume)
+    except KeyboardInterrupt as stop:
+        raise _next_command(run, stop) from None
+
+
+def _forget_unstarted(run: TuneRun) -> bool:
+    """Whether a failed or interrupted run leaves nothing to resume: a new run Ray never saved a state of.
+    Ray's folder of it, if any (a tuner.pkl alone), is removed: it was made by this run, moments ago."""
+    if run.options.resume or session.experiment_restorable(run.storage, str(run.exp_id)):
+        return False
+    if session.experiment_exists(run.storage, str(run.exp_id)):
+        session.remove_experiment(run.storage, str(run.exp_id))
+    return True
+
+
+def _next_command(run: TuneRun, stop: KeyboardInterrupt) -> KeyboardInterrupt:
+    """The interruption's message with the command that works next: --resume once Ray saved the
+    experiment's state, else the same command again (or with a new --exp_id if its folder is kept)."""
+    kind, what = stop_kind(stop)
+    if run.options.resume or session.experiment_restorable(run.storage, str(run.exp_id)):
+        message = str(stop) if "--resume --exp_id" in str(stop) else interrupt_hint(run.exp_id, what)
+    elif run.folder.exists():
+        message = (f"{what} before the experiment's first state was saved: nothing to resume. Start again with a "
+                   f"new --exp_id ({run.folder} is kept).")
+    else:
+        message = f"{what} before any trial started: nothing to resume. Start again with the same command."
+    return kind(message)
+
+
+def _check_search_size(run: TuneRun) -> None:
+    """Refuse a search of more than MAX_TRIALS trials, counted from the space file before Ray expands the grid:
+    Ray Tune builds every trial of a grid before the first one runs, which takes longer than any
+    --time_budget_s, silently."""
+    grid, samples = run.space.grid_size(), run.options.num_samples
+    if grid * samples > MAX_TRIALS:
+        raise LibTrafficError(
+            f"{run.space.path}: {grid:,} grid point(s) x --num_samples {samples} = {grid * samples:,} trials, more than "
+            f"the {MAX_TRIALS:,} a search may have (Ray Tune creates every trial of a grid before it starts one and "
+            "saves the whole list with every checkpoint: hours before the first trial, whatever --time_budget_s). Use "
+            "fewer grid_search values, or sample the space instead ('choice', 'uniform', ... with --num_samples).")
 
 
 def _load_space(opts: TuneOptions, config: ConfigParser, problems: Problems) -> SearchSpace:
@@ -110,7 +152,7 @@ def _untunable(space: SearchSpace) -> dict[str, str]:
              for key in sorted(FIXED_KEYS & set(space.entries))}
     found |= {key: f"{space.path}: '{key}' chooses which files or columns are read and cannot be tuned (trials "
                    "receive the data read once by this process). Run one experiment per value instead."
-              for key in sorted(set(space.entries) & set(RAW_KEYS) - FIXED_KEYS)}
+              for key in sorted(set(space.entries) & (set(RAW_KEYS) | {"data_path"}) - FIXED_KEYS)}
     return found
 
 
@@ -142,6 +184,11 @@ def _check_resumable(run: TuneRun) -> None:
     if not session.experiment_exists(run.storage, str(run.exp_id)):
         raise LibTrafficError(f"--resume: no experiment {run.ray_folder} to continue; check --exp_id. "
                               f"Experiments are looked for under --storage_path ({run.storage}).")
+    if not session.experiment_restorable(run.storage, str(run.exp_id)):
+        raise LibTrafficError(f"--resume: {run.ray_folder} holds no saved experiment state (tuner.pkl and "
+                              "experiment_state-*.json): it stopped before its first trial, so there is nothing to "
+                              "continue. Start a new experiment with a new --exp_id.")
+    signing.verify_experiment(run.storage, str(run.exp_id))
 
 
 def _check_exp_id_for_dry_run(run: TuneRun, compare_settings: bool) -> None:
@@ -218,7 +265,9 @@ def _shared_data(run: TuneRun) -> PreparedData | RawData:
 
 def _run_ray(run: TuneRun, ctrl_c: CtrlC):
     opts = run.options
+    ray_private.upload_experiment_state_in_turn(after_save=signing.sign_staging)
     ray_session = session.connect(opts.ray_address, opts.cpu_per_trial, run.storage)
+    ctrl_c.handle_sigterm()
     try:
         gpus = session.check_resources(ray_session, opts.cpu_per_trial, opts.gpu_per_trial)
         session.check_storage_shared(ray_session, run.storage)
@@ -230,8 +279,9 @@ def _run_ray(run: TuneRun, ctrl_c: CtrlC):
         tuner = _tuner(run, trainable, ctrl_c)
         start = time.monotonic()
         results = tuner.fit()
-        budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
-        if not budget_spent and unfinished(results, run.expected_trials):
+        ctrl_c.fit_ended()
+        run.budget_spent = opts.time_budget_s is not None and time.monotonic() - start >= opts.time_budget_s
+        if not run.budget_spent and unfinished(results, run.expected_trials):
             save_interrupted(run, collect_records(results, run.ranking))
             raise KeyboardInterrupt(ctrl_c.hint)
         finals = _final_runs(run, results, gpus)
@@ -245,7 +295,7 @@ def _final_runs(run: TuneRun, results, gpus: float) -> list[dict[str, Any]]:
     opts = run.options
     if not opts.final_seeds:
         return []
-    records = collect_records(results, run.ranking)
+    records = collect_records(results, run.ranking, run.budget_spent)
     runs = final_runs.plan(records, opts.final_top, opts.final_seeds, run.config["seed"])
     if not runs:
         return []  # no trial finished: finish() reports that
@@ -258,15 +308,24 @@ def _final_runs(run: TuneRun, results, gpus: float) -> list[dict[str, Any]]:
                                       run.logger, finished)
         except final_runs.Interrupted as stop:
             save_interrupted(run, records, stop.entries)
-            raise
+            kind, what = stop_kind(stop)
+            raise kind(f"{interrupt_hint(run.exp_id, what)} {stop}") from None
 
 
 def _tuner(run: TuneRun, trainable, ctrl_c: CtrlC) -> tune.Tuner:
     opts = run.options
     if opts.resume:
         run.logger.info("Resuming experiment %s", run.ray_folder)
+        signing.verify_experiment(run.storage, str(run.exp_id))  # before Ray unpickles any of it
         return tune.Tuner.restore(run.ray_folder, trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
+    tuner = _new_tuner(run, trainable, ctrl_c)
+    signing.sign_tuner(run.storage, str(run.exp_id))
+    return tuner
+
+
+def _new_tuner(run: TuneRun, trainable, ctrl_c: CtrlC) -> tune.Tuner:
+    opts = run.options
     best = run.ranking
     searcher = SEARCHERS[opts.search_alg]
     search_alg = searcher.build(run)

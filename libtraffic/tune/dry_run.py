@@ -152,7 +152,7 @@ def dry_run(run: TuneRun, problems: Problems, check_exp_id: Callable[[], None]) 
     every corner of the space and check the experiment id (``check_exp_id`` raises); every problem (those
     ``problems`` found in the flags and the space file too) is reported together. Nothing is written."""
     config, space, options = run.config, run.space, run.options
-    rng = np.random.default_rng(config["seed"])
+    rng = np.random.default_rng(run.sampler_seed)
     trials = run.expected_trials
     finals = f", {describe_final_runs(options.final_seeds, options.final_top, trials)}" if options.final_seeds else ""
     if problems.found:
@@ -169,7 +169,7 @@ def dry_run(run: TuneRun, problems: Problems, check_exp_id: Callable[[], None]) 
     for note in override_notes(config, space):
         print(f"Note: {note}")
     print(tunable_keys(config))
-    built = check_space(config, space, config["seed"], check_exp_id, problems.found)
+    built = check_space(config, space, run.sampler_seed, check_exp_id, problems.found)
     print(f"Dry run: built the dataset, model, optimiser, LR scheduler and evaluator of {built} configuration(s) "
           "(a base sample and every corner of each entry): no problem found. Nothing was trained.")
 

@@ -32,6 +32,7 @@ from libtraffic.pipeline.build import build_run
 from libtraffic.report.tables import mean_std_frame
 from libtraffic.results import TrialRecord
 from libtraffic.tune.context import trial_config
+from libtraffic.tune.interrupt import Terminated, ctrl_c_deferred
 from libtraffic.tune.records import error_text
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.jsonio import load_json
@@ -148,11 +149,13 @@ class _Runners:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during the final runs; ``entries``: those that had finished (as run_all returns them)."""
+    """Ctrl-C during the final runs; ``entries``: those that had finished (as run_all returns them). The
+    message says what is kept; the caller adds how to resume."""
 
-    def __init__(self, message: str, finished_entries: list[dict[str, Any]]) -> None:
+    def __init__(self, message: str, finished_entries: list[dict[str, Any]], terminated: bool = False) -> None:
         super().__init__(message)
         self.entries = finished_entries
+        self.terminated = terminated  # by SIGTERM, not Ctrl-C
 
 
 def run_all(runs: list[FinalRun], base_config: ConfigParser, shared: PreparedData | RawData, cpus: int,
@@ -204,21 +207,24 @@ def _drain(runs: list[FinalRun], todo: list[int], runners: _Runners, submit, don
                 i, runner = todo.pop(0), runners.idle.pop()
                 pending[submit(runner, runs[i])] = (i, runner, time.perf_counter())
             ready, _ = ray.wait(list(pending), num_returns=1)
-            i, runner, submitted = pending.pop(ready[0])
-            try:
-                done[i] = {"seed": runs[i].seed, "test": ray.get(ready[0])}
-            except ray.exceptions.RayError as err:
-                done[i] = {"seed": runs[i].seed, "error": error_text(err)}
-                logger.warning("Final run of trial %s with seed %d failed: %s", runs[i].trial_id, runs[i].seed,
-                               done[i]["error"])
-                if isinstance(err, ray.exceptions.RayActorError):  # its process is gone
-                    runner = runners.replace()
-            finished.save(runs[i], done[i], time.perf_counter() - submitted)
-            runners.idle.append(runner)
-    except KeyboardInterrupt as err:
+            # A run that returned is recorded in memory and in its file together, or not at all: the
+            # results file of an interruption lists exactly the runs a resume reuses.
+            with ctrl_c_deferred():
+                i, runner, submitted = pending.pop(ready[0])
+                try:
+                    done[i] = {"seed": runs[i].seed, "test": ray.get(ready[0])}
+                except ray.exceptions.RayError as err:
+                    done[i] = {"seed": runs[i].seed, "error": error_text(err)}
+                    logger.warning("Final run of trial %s with seed %d failed: %s", runs[i].trial_id, runs[i].seed,
+                                   done[i]["error"])
+                    if isinstance(err, ray.exceptions.RayActorError):  # its process is gone
+                        runner = runners.replace()
+                finished.save(runs[i], done[i], time.perf_counter() - submitted)
+                runners.idle.append(runner)
+    except KeyboardInterrupt as stop:
         ok = sum("test" in outcome for outcome in done.values())
-        raise Interrupted(f"{err or 'Interrupted.'} The {ok} of {len(runs)} final run(s) that finished are kept "
-                          f"too ({finished.path}); a resume runs only the others.", entries(runs, done)) from None
+        raise Interrupted(f"The {ok} of {len(runs)} final run(s) that finished are kept too ({finished.path}); a "
+                          "resume runs only the others.", entries(runs, done), isinstance(stop, Terminated)) from None
 
 
 def summary(entries: list[dict[str, Any]]) -> str:

@@ -96,17 +96,35 @@ def _print_best(best: TrialRecord) -> None:
     print(f"({where}, chosen by {best.metric}; its validation loss: {best.best_loss})")
 
 
+def _budget_note(run: TuneRun, records: list[TrialRecord]) -> str:
+    """What --time_budget_s cut, when it ended the run ('' otherwise)."""
+    if not run.budget_spent:
+        return ""
+    cut = sum(r.status == "TIME BUDGET" for r in records)
+    waiting = sum(r.status == "NOT STARTED" for r in records)
+    planned = run.expected_trials
+    return (f"\nThe run was stopped by --time_budget_s {run.options.time_budget_s:g}: {cut} trial(s) stopped mid-way "
+            f"(status TIME BUDGET), {waiting} not started, {max(planned - len(records), 0)} of the {planned} planned "
+            "never created.")
+
+
 def finish(run: TuneRun, results, fit_seconds: float, finals: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Print and save everything a finished search leaves; returns the best trial's summary."""
     config = run.config
-    records = collect_records(results, run.ranking)
+    records = collect_records(results, run.ranking, run.budget_spent)
     csv_path, json_path = write_results(run.folder, records, finals)
     print("\nAll trials, best first:\n" + format_trials(records, list(run.space.entries)))
     for r in records:
         if r.error:
             print(f"Trial {r.trial_id} failed: {r.error}")
+    budget = _budget_note(run, records)
+    if budget:
+        print(budget)
     finished = [r for r in records if r.finished]
     if not finished:
+        if budget:
+            raise TuningFailed(f"No trial finished an epoch within --time_budget_s {run.options.time_budget_s:g}: give "
+                               f"the search more time. Results: {csv_path}")
         raise TuningFailed(f"All {len(records)} trials failed; see the errors above and the log. Results: {csv_path}")
     best = finished[0]
     print(f"\n{len(records)} trials in {fit_seconds:.1f} s of tuning.")

@@ -1,18 +1,36 @@
-"""Ctrl-C while tuning: every way it can arrive ends with our resume hint and exit code 130."""
+"""Ctrl-C and SIGTERM while tuning: every way they can arrive ends with our resume hint and exit code
+130 (Ctrl-C) or 143 (SIGTERM)."""
 
 from __future__ import annotations
 
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ray.tune import Callback
 
 from libtraffic.tune import ray_private
 
 
-def interrupt_hint(exp_id: str | int) -> str:
-    return f"Interrupted: finished trials are kept. Continue with the same command plus --resume --exp_id {exp_id}."
+def interrupt_hint(exp_id: str | int, what: str = "Interrupted") -> str:
+    return f"{what}: finished trials are kept. Continue with the same command plus --resume --exp_id {exp_id}."
+
+
+def stop_kind(stop: BaseException) -> tuple[type[KeyboardInterrupt], str]:
+    """(the exception class, the word) of a stop: SIGTERM or Ctrl-C."""
+    if isinstance(stop, Terminated) or getattr(stop, "terminated", False):
+        return Terminated, "Terminated (SIGTERM)"
+    return KeyboardInterrupt, "Interrupted"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stops like a Ctrl-C at once (the same saving and hint); hyper_tune.py then exits with 143."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated("Terminated (SIGTERM).")
 
 
 class CtrlC:
@@ -27,28 +45,48 @@ class CtrlC:
     def __init__(self, exp_id: str | int) -> None:
         self.hint = interrupt_hint(exp_id)
         self._previous = None
+        self._in_fit = False
 
     def __enter__(self) -> "CtrlC":
+        self._in_fit = False
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self.at_once)  # Ray Tune restores it after its stop
+            self._previous = (signal.signal(signal.SIGINT, self.at_once), signal.getsignal(signal.SIGTERM))
+            self.handle_sigterm()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+            signal.signal(signal.SIGINT, self._previous[0])
+            signal.signal(signal.SIGTERM, self._previous[1])
 
     def __getstate__(self) -> dict:  # Ray Tune pickles its callbacks with the experiment
-        return {"hint": self.hint, "_previous": None}
+        return {"hint": self.hint, "_previous": None, "_in_fit": False}
+
+    def handle_sigterm(self) -> None:
+        """SIGTERM stops at once with the hint. Called again once Ray is started: its core worker puts a
+        handler of its own on SIGTERM that dumps a C stack and aborts (exit 134)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.terminated)
 
     def at_once(self, signum, frame) -> None:
         raise KeyboardInterrupt(self.hint)
 
+    def terminated(self, signum, frame) -> None:
+        raise Terminated(self.hint.replace("Interrupted", stop_kind(Terminated())[1], 1))
+
+    def fit_ended(self) -> None:
+        """Tuner.fit() returned: Ray Tune no longer listens for a graceful stop (it leaves its handlers
+        set), so from here a Ctrl-C stops at once."""
+        self._in_fit = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self.at_once)
+
     def first(self, signum, frame) -> None:
+        signal.signal(signal.SIGINT, self.at_once)
+        if not (self._in_fit and ray_private.tune_listens_for_stop()):
+            raise KeyboardInterrupt(self.hint)  # Ray Tune is not listening: stop at once
         print("\nCtrl-C: stopping after saving the experiment state (Ctrl-C again to quit at once).",
               file=sys.stderr, flush=True)
-        signal.signal(signal.SIGINT, self.at_once)
-        if not ray_private.tune_listens_for_stop():
-            raise KeyboardInterrupt(self.hint)  # Ray Tune is not listening: stop at once
         ray_private.request_graceful_stop()
 
     def callback(self) -> Callback:
@@ -63,7 +101,32 @@ class _InstallCtrlC(Callback):
 
     def setup(self, **info) -> None:
         if threading.current_thread() is threading.main_thread():
+            self.ctrl_c._in_fit = True
             signal.signal(signal.SIGINT, self.ctrl_c.first)
+
+
+@contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """A Ctrl-C or SIGTERM during the block takes effect right after it (through the handler that was set),
+    so bookkeeping that must stay consistent (a finished run recorded in memory and in its file) is never
+    cut in half. Outside the main thread the block simply runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    deferred = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in deferred}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
 
 
 def unfinished(results, expected_trials: int) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
+from collections.abc import Callable
 
 # Ray loggers quieted during a search, with why. Ray's public API has no switch for these messages.
 QUIET_LOGGERS = {
@@ -93,3 +95,57 @@ def tune_listens_for_stop() -> bool:
 def request_graceful_stop() -> None:
     """Ask Ray Tune's running fit() to stop after saving the experiment state (see tune_listens_for_stop)."""
     signal.raise_signal(signal.SIGUSR1)
+
+
+_STATE_LOGGER = "ray.tune.execution.experiment_state"
+_patch_lock = threading.Lock()
+_after_save: Callable[[str], None] | None = None
+
+
+def upload_experiment_state_in_turn(after_save: Callable[[str], None] | None = None) -> None:
+    """Make Ray Tune write its experiment state only when its previous upload has ended.
+
+    Why: Ray Tune (2.60, ``_ExperimentCheckpointManager.sync_up_experiment_state``) writes the
+    experiment state into its local staging folder (experiment_state-*.json in place; the searcher
+    and callback states as a temporary file renamed into place) and then uploads that folder in a
+    background thread. On a forced save (one after every trial checkpoint, with
+    ``CheckpointConfig(num_to_keep=1)``) it writes before waiting for the previous upload, so an
+    upload to a URI (s3://, gs://) that is still listing or copying the folder can meet a file
+    renamed away under it (an ERROR with a traceback: tmp-basic-variant-state-*.json not found) or
+    a half-written experiment_state-*.json, which a resume would then read. Waiting for the
+    previous upload before writing closes that window; Ray waits for it right after writing anyway.
+    Ray has no public switch for this. Installed once, in the driver.
+
+    ``after_save(folder)`` runs once Ray has written its state into its staging folder, before that
+    folder is uploaded (signing.py signs the state files there).
+    """
+    global _after_save
+    _after_save = after_save
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    with _patch_lock:
+        original = _ExperimentCheckpointManager.sync_up_experiment_state
+        if getattr(original, "_libtraffic", False):
+            return
+
+        def sync_up_experiment_state(self, save_fn, force: bool = False, wait: bool = False):
+            def save_after_upload() -> None:
+                _wait_for_upload(self._storage)
+                save_fn()
+                if _after_save is not None:
+                    _after_save(self._storage.experiment_driver_staging_path)
+
+            return original(self, save_after_upload, force=force, wait=wait)
+
+        sync_up_experiment_state._libtraffic = True
+        _ExperimentCheckpointManager.sync_up_experiment_state = sync_up_experiment_state
+
+
+def _wait_for_upload(storage) -> None:
+    """Wait for the running upload of the experiment folder; a failed one is logged as Ray logs it."""
+    try:
+        storage.syncer.wait()
+    except Exception:  # noqa: BLE001 - Ray logs a failed upload and goes on; the next one retries
+        logging.getLogger(_STATE_LOGGER).error(
+            "Saving experiment state to storage at '%s' failed with exception: ", storage.experiment_fs_path,
+            exc_info=True)

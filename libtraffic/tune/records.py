@@ -25,27 +25,31 @@ def error_text(error: BaseException | str | None) -> str:
 
 def trial_id(result) -> str:
     """A trial's id everywhere we print or save it: its folder name, trial_<number> (trial.TrialNames)."""
-    return Path(result.path).name
+    return Path(result.path or "").name
 
 
-def _ray_states(results) -> dict[str, str]:
-    """Ray's state of each trial (TERMINATED, ERROR, PENDING, RUNNING, PAUSED) by trial folder, read back
-    from the experiment's saved state (Ray's Result objects do not carry it)."""
+def _ray_trials(results) -> dict[str, tuple[str, dict]]:
+    """Ray's state (TERMINATED, ERROR, PENDING, RUNNING, PAUSED) and sampled config of each trial by trial
+    folder, read back from the experiment's saved state (Ray's Result objects carry neither for a trial
+    that never reported)."""
     analysis = ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem)
-    return {trial.path: trial.status for trial in analysis.trials}
+    return {trial.path: (trial.status, dict(trial.config or {})) for trial in analysis.trials}
 
 
-def trial_status(failed: bool, epochs: int, max_epoch: int, state: str) -> str:
+def trial_status(failed: bool, epochs: int, max_epoch: int, state: str, budget_spent: bool = False) -> str:
     """DONE, STOPPED EARLY (by the scheduler or early stopping), ERROR; for a trial that had not ended when
-    the run stopped: INTERRUPTED (it has epochs) or NOT STARTED."""
+    the run stopped: INTERRUPTED (it has epochs; TIME BUDGET when --time_budget_s stopped the run) or
+    NOT STARTED (no epoch)."""
     if failed:
         return "ERROR"
+    if not epochs:
+        return "NOT STARTED"
     if state in _NOT_ENDED:
-        return "INTERRUPTED" if epochs else "NOT STARTED"
+        return "TIME BUDGET" if budget_spent else "INTERRUPTED"
     return "DONE" if epochs >= max_epoch else "STOPPED EARLY"
 
 
-def _record(result, metric: BestMetric, state: str) -> TrialRecord:
+def _record(result, metric: BestMetric, state: str, sampled: dict, budget_spent: bool) -> TrialRecord:
     df = result.metrics_dataframe
     has_rows = df is not None and len(df) and "loss" in df and metric.name in df
     if has_rows:  # a resumed trial may repeat the epochs after its checkpoint: keep the last run
@@ -57,8 +61,8 @@ def _record(result, metric: BestMetric, state: str) -> TrialRecord:
     max_epoch = int(df["max_epoch"].iloc[-1]) if has_rows else 0
     return TrialRecord(
         trial_id=trial_id(result),
-        config={k: plain(v) for k, v in (result.config or {}).items()},
-        status=trial_status(bool(result.error), len(losses), max_epoch, state),
+        config={k: plain(v) for k, v in (result.config or sampled).items()},
+        status=trial_status(bool(result.error), len(losses), max_epoch, state, budget_spent),
         seed=int(df["trial_seed"].iloc[0]) if has_rows else None, epochs_run=len(losses),
         best_epoch=int(df["epoch"].iloc[best_i]) if best_i is not None else None,
         best_loss=losses[best_i] if best_i is not None else math.nan, loss_curve=losses, metric=metric.name,
@@ -70,7 +74,9 @@ def _record(result, metric: BestMetric, state: str) -> TrialRecord:
     )
 
 
-def collect_records(results, metric: BestMetric) -> list[TrialRecord]:
-    """One record per trial, best first by ``metric``; each trial's best epoch is its best by ``metric``."""
-    states = _ray_states(results)
-    return ranked([_record(result, metric, states.get(result.path, "TERMINATED")) for result in results])
+def collect_records(results, metric: BestMetric, budget_spent: bool = False) -> list[TrialRecord]:
+    """One record per trial, best first by ``metric``; each trial's best epoch is its best by ``metric``.
+    ``budget_spent``: --time_budget_s ended the run (the trials it stopped are TIME BUDGET)."""
+    trials = _ray_trials(results)
+    return ranked([_record(result, metric, *trials.get(result.path, ("TERMINATED", {})), budget_spent)
+                   for result in results])

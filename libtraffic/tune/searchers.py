@@ -23,7 +23,7 @@ from libtraffic.tune.spaces import SearchSpace
 
 
 def _basic(run: TuneRun) -> Any:
-    return BasicVariantGenerator(random_state=run.config["seed"], max_concurrent=run.options.max_concurrent)
+    return BasicVariantGenerator(random_state=run.sampler_seed, max_concurrent=run.options.max_concurrent)
 
 
 def _limited(searcher: Any, run: TuneRun) -> ConcurrencyLimiter:
@@ -41,7 +41,7 @@ def optuna_searcher(space: SearchSpace, metric: str, mode: str, seed: int, num_s
 
 def _optuna(run: TuneRun) -> Any:
     best = run.ranking
-    return _limited(optuna_searcher(run.space, best.name, best.mode, run.config["seed"], run.options.num_samples), run)
+    return _limited(optuna_searcher(run.space, best.name, best.mode, run.sampler_seed, run.options.num_samples), run)
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class Searcher:
 
 SEARCHERS: dict[str, Searcher] = {
     "BasicSearch": Searcher(_basic),
-    "HyperOpt": Searcher(lambda run: _limited(HyperOptSearch(random_state_seed=run.config["seed"]), run)),
-    "BayesOptSearch": Searcher(lambda run: _limited(BayesOptSearch(random_state=run.config["seed"]), run)),
+    "HyperOpt": Searcher(lambda run: _limited(HyperOptSearch(random_state_seed=run.sampler_seed), run)),
+    "BayesOptSearch": Searcher(lambda run: _limited(BayesOptSearch(random_state=run.sampler_seed), run)),
     "OptunaSearch": Searcher(_optuna, own_space=True),
 }
 

@@ -35,6 +35,8 @@ STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_")
 # freed memory; every trial runs in a new thread of a reused worker. Two arenas bound that
 # (bench/RESULTS.md, "Trial worker memory"). A value in the driver's environment wins.
 MALLOC_ARENA_MAX = "2"
+TUNER_FILE = "tuner.pkl"
+STORAGE_RETRY_S = 20  # how long a request to gs:// storage is retried  # Ray Tune's pickled Tuner, in every experiment folder
 
 
 def is_uri(storage: str) -> bool:
@@ -50,18 +52,52 @@ def storage_root(flag: str | None) -> str:
     return str(paths.root() / os.path.expanduser(flag))
 
 
+def storage_filesystem(storage: str):
+    """(pyarrow filesystem, root path) of --storage_path. Google Cloud Storage retries a request it cannot
+    send for 15 minutes by default; ours give up after STORAGE_RETRY_S, so an unreachable gs:// fails
+    within a minute, as s3:// does."""
+    import pyarrow.fs
+
+    if storage.startswith("gs://") and "retry_limit_seconds=" not in storage:
+        storage += ("&" if "?" in storage else "?") + f"retry_limit_seconds={STORAGE_RETRY_S}"
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage if is_uri(storage) else os.path.abspath(storage))
+    return filesystem, root.rstrip("/")
+
+
 def experiment_exists(storage: str, name: str) -> bool:
     """Whether ``storage``/``name`` exists, locally or behind a URI (through pyarrow's filesystems)."""
     import pyarrow.fs
 
     try:
-        filesystem, root = pyarrow.fs.FileSystem.from_uri(storage if is_uri(storage) else os.path.abspath(storage))
-        info = filesystem.get_file_info(f"{root.rstrip('/')}/{name}")
+        filesystem, root = storage_filesystem(storage)
+        info = filesystem.get_file_info(f"{root}/{name}")
     except (pyarrow.ArrowException, OSError, ValueError) as err:
         raise LibTrafficError(f"--storage_path {storage} cannot be opened: {err}. Pass a local or shared folder, "
                               "or a URI pyarrow understands (s3://bucket/path, gs://bucket/path) with its "
                               "credentials set.") from err
     return info.type != pyarrow.fs.FileType.NotFound
+
+
+def experiment_files(storage: str, name: str) -> list[str]:
+    """The names of the files directly in experiment ``name`` (Ray's state files; trial folders excluded)."""
+    import pyarrow.fs
+
+    filesystem, root = storage_filesystem(storage)
+    infos = filesystem.get_file_info(pyarrow.fs.FileSelector(f"{root}/{name}", allow_not_found=True))
+    return sorted(info.base_name for info in infos if info.type == pyarrow.fs.FileType.File)
+
+
+def experiment_restorable(storage: str, name: str) -> bool:
+    """Whether Ray saved what Tuner.restore needs of experiment ``name``: its tuner.pkl (written when the
+    Tuner is made) and an experiment_state-*.json (written when fit() starts)."""
+    files = experiment_files(storage, name)
+    return TUNER_FILE in files and any(f.startswith("experiment_state-") and f.endswith(".json") for f in files)
+
+
+def remove_experiment(storage: str, name: str) -> None:
+    """Delete Ray's folder of experiment ``name`` (one this run created and nothing can resume)."""
+    filesystem, root = storage_filesystem(storage)
+    filesystem.delete_dir(f"{root}/{name}")
 
 
 def runtime_env(threads: int, storage: str) -> dict:
@@ -95,11 +131,13 @@ class Session:
         return f"the Ray cluster at {self.address}" if self.address else "this machine"
 
     def end(self) -> None:
-        """Disconnect (and end a private instance); a Ctrl-C meanwhile is ignored: an interrupted
-        ray.shutdown() leaves the process to exit with code 1 instead of our 130 and hint."""
+        """Disconnect (and end a private instance); a Ctrl-C or SIGTERM meanwhile is ignored (the process
+        ends right after): an interrupted ray.shutdown() leaves the process to exit with code 1 instead
+        of our 130 / 143 and hint."""
 
         main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        ending = (signal.SIGINT, signal.SIGTERM)
+        previous = [signal.signal(sig, signal.SIG_IGN) for sig in ending] if main else []
         try:
             if self.owned:
                 ray.shutdown()
@@ -107,8 +145,8 @@ class Session:
                 self.watchdog.stdin.close()  # the watchdog finds nothing left to end
                 self.watchdog.wait(timeout=30)
         finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in zip(ending, previous):
+                signal.signal(sig, handler)
 
 
 def _quiet_environment() -> None:
