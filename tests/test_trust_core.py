@@ -1,0 +1,91 @@
+"""Trust, round two (issue 15), the run_model side: no code from files, no clean-looking wrong
+number, nothing lost, no hang, no traceback, no misleading message.
+
+In-process checks call the component that decides; the CLI cases run the real run_model.py, all
+started together by one module fixture (each process spends seconds importing torch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from libtraffic.config import ConfigParser
+from libtraffic.utils.errors import LibTrafficError
+
+from conftest import REPO_ROOT, run_clis, write_dataset
+
+SMALL = ["--max_epoch", "1", "--hidden_size", "8", "--input_window", "3", "--output_window", "3", "--batch_size", "32"]
+STEPS = 200
+
+
+def readings(steps: int = STEPS, nodes: int = 3) -> np.ndarray:
+    return 50.0 + np.arange(steps * nodes, dtype=np.float64).reshape(steps, nodes) % 7
+
+
+def user_error(out: subprocess.CompletedProcess, *patterns: str) -> str:
+    assert out.returncode == 2, (out.returncode, out.stdout[-2000:], out.stderr[-2000:])
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    assert out.stderr.startswith("Error: ") and out.stderr.count("Error: ") == 1, out.stderr
+    for pattern in patterns:
+        assert re.search(pattern, out.stderr), f"{pattern!r} not in: {out.stderr}"
+    return out.stderr
+
+
+def config(workdir: Path, dataset: str = "D", **flags: str) -> ConfigParser:
+    return ConfigParser("traffic_state_pred", "GRU", dataset, other_args=flags)
+
+
+# ----- 2 and 6: settings checked by their meaning, one table (config/ranges.py) -----
+
+@pytest.mark.parametrize("flags, pattern", [
+    ({"max_grad_norm": "-1"}, r"max_grad_norm must be > 0 .*got -1.0 \(from --max_grad_norm\)"),
+    ({"max_grad_norm": "0"}, r"max_grad_norm must be > 0"),
+    ({"lr_decay_ratio": "-1"}, r"lr_decay_ratio must be > 0 .*negative"),
+    ({"lr_eta_min": "-1"}, r"lr_eta_min must be >= 0"),
+    ({"teacher_forcing_ratio": "1.5"}, r"teacher_forcing_ratio must be in \[0, 1\]"),
+    ({"teacher_forcing_ratio": "-0.1"}, r"teacher_forcing_ratio must be in \[0, 1\]"),
+    ({"lr_beta1": "2"}, r"lr_beta1 must be in \[0, 1\)"),
+    ({"lr_epsilon": "-1"}, r"lr_epsilon must be >= 0"),
+    ({"lr_momentum": "-0.5"}, r"lr_momentum must be >= 0"),
+    ({"dropout": "1"}, r"dropout must be in \[0, 1\)"),
+])
+def test_out_of_range_settings_are_refused_by_meaning(make_dataset, flags: dict, pattern: str) -> None:
+    make_dataset("D", readings())
+    with pytest.raises(LibTrafficError, match=pattern):
+        config(Path.cwd(), **flags)
+
+
+def test_in_range_edges_are_accepted(make_dataset) -> None:
+    make_dataset("D", readings())
+    cfg = config(Path.cwd(), teacher_forcing_ratio="1", lr_momentum="0", lr_eta_min="0", lr_beta1="0")
+    assert cfg["teacher_forcing_ratio"] == 1.0 and cfg["lr_beta1"] == 0.0
+
+
+def test_a_sampled_value_out_of_range_fails_like_a_typed_one(make_dataset) -> None:
+    make_dataset("D", readings())
+    with pytest.raises(LibTrafficError, match=r"dropout must be in \[0, 1\) .*got 1.5 \(from search space\)"):
+        config(Path.cwd()).with_overrides({"dropout": 1.5})
+
+
+@pytest.mark.parametrize("info, flags, pattern", [
+    ({"input_window": "12"}, {}, r"'12' for 'input_window' \(raw_data/D/config.json\): expected an integer"),
+    ({"input_window": "12"}, {"input_window": "3"}, r"'12' for 'input_window' \(raw_data/D/config.json\)"),
+    ({"weight_adj_epsilon": "0.1"}, {}, r"'0.1' for 'weight_adj_epsilon' .*write a number without quotes"),
+    ({"calculate_weight_adj": "false"}, {}, r"'false' for 'calculate_weight_adj' .*true or false without quotes"),
+])
+def test_string_values_in_a_dataset_config_are_refused(make_dataset, info: dict, flags: dict, pattern: str) -> None:
+    make_dataset("D", readings(), info=info)
+    with pytest.raises(LibTrafficError, match=pattern):
+        config(Path.cwd(), **flags)
+
+
+def test_a_dataset_config_cannot_retype_a_setting(make_dataset) -> None:
+    """Types come from our defaults: a flag is read as a number even when the dataset file is wrong."""
+    make_dataset("D", readings(), info={"input_window": 6})
+    assert config(Path.cwd(), input_window="3")["input_window"] == 3
