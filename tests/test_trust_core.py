@@ -89,3 +89,34 @@ def test_a_dataset_config_cannot_retype_a_setting(make_dataset) -> None:
     """Types come from our defaults: a flag is read as a number even when the dataset file is wrong."""
     make_dataset("D", readings(), info={"input_window": 6})
     assert config(Path.cwd(), input_window="3")["input_window"] == 3
+
+
+# ----- 6 and 7: JSON files in other encodings, with a BOM, or of the wrong shape -----
+
+def test_a_config_file_with_a_byte_order_mark_is_read(make_dataset) -> None:
+    make_dataset("D", readings())
+    Path("bom.json").write_bytes(b"\xef\xbb\xbf" + b'{"hidden_size": 7}')
+    assert ConfigParser("traffic_state_pred", "GRU", "D", config_file="bom")["hidden_size"] == 7
+
+
+def test_a_config_file_that_is_not_utf8_is_refused_naming_the_byte(make_dataset) -> None:
+    make_dataset("D", readings())
+    Path("latin.json").write_bytes(b'{\n"exp_id": "caf\xe9"}')
+    with pytest.raises(LibTrafficError, match=r"latin.json is not UTF-8 text: byte 0xe9 at line 2 .*save it again as UTF-8"):
+        ConfigParser("traffic_state_pred", "GRU", "D", config_file="latin")
+
+
+def test_a_settings_file_that_is_a_list_is_refused(workdir: Path) -> None:
+    from libtraffic.results import SETTINGS_FILE, read_settings
+
+    (workdir / SETTINGS_FILE).write_text("[]")
+    with pytest.raises(LibTrafficError, match=r"holds a JSON list, not the object hyper_tune.py writes"):
+        read_settings(workdir)
+
+
+def test_json_nested_too_deeply_is_refused(workdir: Path) -> None:
+    from libtraffic.utils.jsonio import load_json
+
+    (workdir / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(LibTrafficError, match="nested too deeply"):
+        load_json(workdir / "deep.json", "space file")
