@@ -120,3 +120,47 @@ def test_json_nested_too_deeply_is_refused(workdir: Path) -> None:
     (workdir / "deep.json").write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(LibTrafficError, match="nested too deeply"):
         load_json(workdir / "deep.json", "space file")
+
+
+# ----- 5 and 6: lr_lambda and schedulers -----
+
+@pytest.mark.parametrize("text, pattern", [
+    ("min(epoch)", r"min\(\) takes two or more arguments, got 1"),
+    ("abs(1, 2)", r"abs\(\) takes one argument, got 2"),
+    ("max(epoch, abs())", r"abs\(\) takes one argument, got 0"),
+])
+def test_lr_lambda_functions_with_a_wrong_number_of_arguments(text: str, pattern: str) -> None:
+    from libtraffic.executor.optim import lr_lambda_from_text
+
+    with pytest.raises(LibTrafficError, match=pattern):
+        lr_lambda_from_text(text, max_epoch=5)
+
+
+def test_lr_lambda_check_costs_the_same_for_any_max_epoch() -> None:
+    """max_epoch 10**9 used to evaluate the expression 10**9 times before training."""
+    import time
+
+    from libtraffic.executor.optim import lr_lambda_from_text
+
+    start = time.process_time()
+    factor = lr_lambda_from_text("0.9 ** epoch", max_epoch=10**9)
+    assert time.process_time() - start < 2
+    assert factor(3) == pytest.approx(0.9 ** 3)
+    # An expression that fails only at a late epoch is still found up front, or when reached.
+    with pytest.raises(LibTrafficError, match=r"gives -1.0 at epoch 999999999"):
+        lr_lambda_from_text("1 - 2 * (epoch // 999999999)", max_epoch=10**9)
+    late = lr_lambda_from_text("1 / abs(epoch - 123457)", max_epoch=10**9)
+    with pytest.raises(LibTrafficError, match="cannot be computed at epoch 123457: it divides by zero"):
+        late(123457)
+
+
+def test_plateau_factor_of_one_or_more_is_refused(make_dataset) -> None:
+    from torch import nn
+
+    from libtraffic.executor.optim import build_optimizer, build_scheduler
+
+    make_dataset("D", readings())
+    cfg = config(Path.cwd(), lr_decay="true", lr_scheduler="reducelronplateau", lr_decay_ratio="1.5")
+    optimizer = build_optimizer(nn.Linear(2, 2), cfg)
+    with pytest.raises(LibTrafficError, match=r"lr_decay_ratio is 1.5, but ReduceLROnPlateau .* must be below 1"):
+        build_scheduler(optimizer, cfg)
