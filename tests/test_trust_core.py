@@ -164,3 +164,73 @@ def test_plateau_factor_of_one_or_more_is_refused(make_dataset) -> None:
     optimizer = build_optimizer(nn.Linear(2, 2), cfg)
     with pytest.raises(LibTrafficError, match=r"lr_decay_ratio is 1.5, but ReduceLROnPlateau .* must be below 1"):
         build_scheduler(optimizer, cfg)
+
+
+# ----- 3: nothing lost; the report names a damaged file -----
+
+@pytest.mark.parametrize("damage, note", [
+    ("empty_csv", r"test metrics file .*\.csv is damaged"),
+    ("npz_without_truth", r"predictions file .*\.npz is damaged \(it has no truth array\)"),
+    ("empty_npz", r"predictions file .*\.npz is damaged"),
+])
+def test_the_report_names_a_damaged_file(workdir: Path, damage: str, note: str) -> None:
+    from libtraffic.report.experiment import load_experiment
+    from libtraffic.report.synthetic import write_synthetic_experiment
+    from libtraffic.utils import paths
+
+    folder = paths.experiment_dir("synth")
+    write_synthetic_experiment(folder, trials=3, max_epoch=2)
+    evaluate = folder / "evaluate_cache"
+    (csv,), (npz,) = evaluate.glob("*.csv"), evaluate.glob("*.npz")
+    if damage == "empty_csv":
+        csv.write_text("")
+    elif damage == "npz_without_truth":
+        np.savez(npz, prediction=np.zeros((2, 3, 4, 1)))
+    else:
+        npz.write_bytes(b"")
+    exp = load_experiment("synth")
+    assert any(re.search(note, text) for text in exp.notes), exp.notes
+    assert (exp.metrics is None) == (damage == "empty_csv") and (exp.predictions is None) == (damage != "empty_csv")
+
+
+def test_evaluation_file_names_cannot_collide() -> None:
+    from libtraffic.evaluator.traffic_state_evaluator import result_stamp
+
+    stamps = {result_stamp() for _ in range(50)}
+    assert len(stamps) == 50
+    assert re.fullmatch(r"\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d_\d{6}_\d+", next(iter(stamps)))
+
+
+def test_huge_readings_are_scored_in_float64() -> None:
+    """Readings near 1e31 square beyond float32's range: the MSE must not be inf."""
+    import torch
+
+    from libtraffic.evaluator import TrafficStateEvaluator
+
+    evaluator = TrafficStateEvaluator({"metrics": ["masked_MSE", "masked_MAE"], "output_window": 1, "evaluator_mode": "single",
+                                       "save_mode": ["csv"], "model": "GRU", "dataset": "D", "eval_mask_val": 0.0})
+    truth = torch.full((2, 1, 1, 1), 1e31)
+    evaluator.collect({"y_true": truth, "y_pred": truth * 0.5})
+    result = evaluator.evaluate()
+    assert result["masked_MSE@1"] == pytest.approx(0.25e62, rel=1e-5) and np.isfinite(result["masked_MSE@1"])
+
+
+# ----- 2: data that would give a clean-looking wrong number -----
+
+def test_log_scaler_on_readings_below_minus_one_is_refused(make_dataset) -> None:
+    from libtraffic.data.prepared import prepare_data
+
+    make_dataset("D", readings() - 60)
+    with pytest.raises(LibTrafficError, match=r"scaler 'log' turns \d+ reading\(s\) of D.dyna into NaN .*e\.g\. -10"):
+        prepare_data(config(Path.cwd(), scaler="log", input_window="3", output_window="3"))
+
+
+def test_a_validation_split_without_valid_readings_is_refused(make_dataset) -> None:
+    from libtraffic.data.prepared import prepare_data
+
+    values = readings()
+    values[130:175] = 0  # 194 samples: train 136 (targets from step 3), valid 19 (targets at steps 139..160)
+    make_dataset("D", values)
+    with pytest.raises(LibTrafficError, match=r"The validation split has no valid reading: every target reading from "
+                                              r"2012-03-01T11:35:00 to 2012-03-01T13:20:00 \(steps 139..160 of D.dyna\)"):
+        prepare_data(config(Path.cwd(), input_window="3", output_window="3"))

@@ -210,8 +210,11 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
     if min(split) <= 0:
         raise LibTrafficError(f"train_rate {config['train_rate']} and eval_rate {config['eval_rate']} leave an empty split {split} of {samples} samples.")
     # Scaled in float64 and rounded once, as LibCity (float64 arrays, float32 tensors).
+    _check_splits_have_readings(data[..., :output_dim], raw, split, config)
     scaler = _fit(get_scaler(config["scaler"]), data[..., :output_dim], split[0], config)
-    data[..., :output_dim] = scaler.transform(data[..., :output_dim].astype(np.float64))
+    scaled = scaler.transform(data[..., :output_dim].astype(np.float64))
+    _check_scaled(scaled, data[..., :output_dim], config["scaler"], raw.dyna_name)
+    data[..., :output_dim] = scaled
     ext_scaler = NoneScaler()
     if config["normal_external"] and data.shape[2] > output_dim:
         ext_scaler = _fit(get_scaler(config["ext_scaler"], "ext_scaler"), data[..., output_dim:], split[0], config)
@@ -226,6 +229,39 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
         config["input_window"], config["output_window"], output_dim, data.shape[2] - output_dim,
         _key(config, raw.stats),
     )
+
+
+def _check_splits_have_readings(values: np.ndarray, raw: RawData, split: tuple[int, int, int],
+                                config: Mapping[str, Any]) -> None:
+    """Refuse a validation or test split whose targets hold no valid reading: its loss would be a
+    clean-looking 0 (masked loss) and its metrics meaningless. values: (T, N, output_dim)."""
+    inp, out = config["input_window"], config["output_window"]
+    first = split[0]
+    for name, size in (("validation", split[1]), ("test", split[2])):
+        if size == 0:
+            continue
+        lo, hi = first + inp, first + size - 1 + inp + out  # the steps the split's targets cover
+        if not np.any(values[lo:hi]):
+            raise LibTrafficError(
+                f"The {name} split has no valid reading: every target reading from {raw.times[lo]} to "
+                f"{raw.times[hi - 1]} (steps {lo}..{hi - 1} of {raw.dyna_name}) is 0, NaN or infinite (0 means "
+                f"missing), so its loss and metrics would be meaningless. Change train_rate / eval_rate (now "
+                f"{config['train_rate']} / {config['eval_rate']}) so that it covers recorded readings, or fill the gap."
+            )
+        first += size
+
+
+def _check_scaled(scaled: np.ndarray, values: np.ndarray, name: str, dyna_name: str) -> None:
+    """Refuse readings the scaler cannot map (log of a reading below -eps): they would become NaN
+    labels, which the masked loss skips, so training would report a clean-looking loss of 0."""
+    bad = ~np.isfinite(scaled)
+    if bad.any():
+        examples = ", ".join(f"{v:g}" for v in np.unique(values[bad])[:3])
+        raise LibTrafficError(
+            f"The scaler '{name}' turns {int(bad.sum())} reading(s) of {dyna_name} into NaN or infinity (e.g. "
+            f"{examples}); the model would learn from no label at all. Choose another --scaler (standard, "
+            "minmax01, minmax11, normal, none), or check those readings (scaler 'log' needs readings above -0.999)."
+        )
 
 
 def _fit(scaler: NoneScaler, values: np.ndarray, num_train: int, config: Mapping[str, Any]) -> NoneScaler:
