@@ -234,3 +234,24 @@ def test_a_validation_split_without_valid_readings_is_refused(make_dataset) -> N
     with pytest.raises(LibTrafficError, match=r"The validation split has no valid reading: every target reading from "
                                               r"2012-03-01T11:35:00 to 2012-03-01T13:20:00 \(steps 139..160 of D.dyna\)"):
         prepare_data(config(Path.cwd(), input_window="3", output_window="3"))
+
+
+def test_the_dataset_cache_is_keyed_on_content_not_mtime(make_dataset) -> None:
+    """An edit that keeps the size and mtime (cp -p, rsync) must not reuse the old cache."""
+    import os
+
+    from libtraffic.data.prepared import prepare_data
+
+    folder = make_dataset("D", readings())
+    cfg = config(Path.cwd(), input_window="3", output_window="3", scaler="none")
+    first = prepare_data(cfg)
+    dyna = folder / "D.dyna"
+    stat = dyna.stat()
+    text = dyna.read_text()
+    edited = text.replace(",50.0\n", ",59.0\n", 1)  # the first reading, same length
+    assert len(edited) == len(text) and edited != text
+    dyna.write_text(edited)
+    os.utime(dyna, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = prepare_data(cfg)
+    assert second.cache_key != first.cache_key
+    assert second.data[0, 0, 0] == 59.0 and first.data[0, 0, 0] == 50.0

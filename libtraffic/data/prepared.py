@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 # 3: the standard scaler weights each step by the training windows holding it; scaled in float64.
 # 4: the scalers and sizes in meta.json (was a pickle).
 # 5: .rel rows applied in file order (a pair listed both ways is symmetric with bidir_adj_mx).
-CACHE_FORMAT = 5
+# 6: keyed on the source files' content, not their mtime.
+CACHE_FORMAT = 6
 # Every config key that changes the prepared arrays; the cache key hashes their values.
 DATA_KEYS = (
     "dataset", "data_path", "data_col", "data_files", "geo_file", "rel_file", "ext_file", "ext_col", "weight_col",
@@ -101,8 +102,19 @@ def _files(config: Mapping[str, Any]) -> dict[str, Path]:
     return files
 
 
-def _stats(files: Mapping[str, Path]) -> dict[str, list[int]]:
-    return {k: [p.stat().st_size, p.stat().st_mtime_ns] for k, p in sorted(files.items())}
+def _content_hash(path: Path) -> str:
+    """BLAKE2b of the file's bytes, read in chunks (about 1 s per GB)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stats(files: Mapping[str, Path]) -> dict[str, list]:
+    """Size and content hash of each source file: an edit that keeps size and mtime (cp -p, rsync)
+    still changes the cache key."""
+    return {k: [p.stat().st_size, _content_hash(p)] for k, p in sorted(files.items())}
 
 
 def _key(config: Mapping[str, Any], stats: Mapping[str, list[int]]) -> str:
@@ -137,7 +149,7 @@ def warn_ineffective(config: Mapping[str, Any], log: logging.Logger) -> None:
 
 
 def cache_key(config: Mapping[str, Any], files: Mapping[str, Path]) -> str:
-    """Hash of every data-affecting setting and of the source files' size and mtime."""
+    """Hash of every data-affecting setting and of the source files' size and content."""
     return _key(config, _stats(files))
 
 
@@ -147,7 +159,7 @@ class RawData:
 
     data: (T, N, F) float32 readings (NaN set to 0); times: (T,) datetime64[s]; ext: (T, E) external
     readings or None; origin / dest: (R,) node indices of the .rel rows, weights: (R,) or None;
-    stats: size and mtime of each source file (part of the cache key). Tuning ships one RawData
+    stats: size and content hash of each source file (part of the cache key). Tuning ships one RawData
     to every trial through Ray's object store, so no trial reads a file.
     """
 
@@ -158,7 +170,7 @@ class RawData:
     origin: np.ndarray
     dest: np.ndarray
     weights: np.ndarray | None
-    stats: dict[str, list[int]]
+    stats: dict[str, list]
     dyna_name: str = ""
 
 
@@ -329,7 +341,8 @@ def _load(folder: Path) -> PreparedData:
         meta = saved["prepared"]
         meta.update(scaler=scaler_from_state(meta["scaler"]), ext_scaler=scaler_from_state(meta["ext_scaler"]),
                     split=tuple(meta["split"]))
-        return PreparedData(data=np.load(folder / "data.npy"), adj_mx=np.load(folder / "adj_mx.npy"), **meta)
+        return PreparedData(data=np.load(folder / "data.npy", allow_pickle=False),
+                            adj_mx=np.load(folder / "adj_mx.npy", allow_pickle=False), **meta)
     except CorruptCache:
         raise
     except Exception as err:  # any unreadable piece means the same: rebuild
