@@ -255,3 +255,46 @@ def test_the_dataset_cache_is_keyed_on_content_not_mtime(make_dataset) -> None:
     second = prepare_data(cfg)
     assert second.cache_key != first.cache_key
     assert second.data[0, 0, 0] == 59.0 and first.data[0, 0, 0] == 50.0
+
+
+# ----- 1: no code runs from a file we read -----
+
+def _h5(path: Path, frame) -> Path:
+    frame.to_hdf(path, key="df")
+    return path
+
+
+def test_dcrnn_h5_object_columns_are_refused_and_unpickle_no_code(workdir: Path) -> None:
+    from fractions import Fraction
+
+    import pandas as pd
+
+    from libtraffic.data.convert.dcrnn import read_h5, read_speeds
+
+    index = pd.date_range("2012-03-01", periods=6, freq="5min")
+    plain = _h5(workdir / "objects.h5", pd.DataFrame(np.ones((6, 2)), index=index, columns=["1", "2"]).astype(object))
+    with pytest.raises(LibTrafficError, match=r"objects.h5 holds pickled Python objects \(an object column"):
+        read_speeds(plain)
+    named = pd.DataFrame({"1": [Fraction(1, 3)] * 6, "2": [1.0] * 6}, index=index)
+    path = _h5(workdir / "named.h5", named)
+    with pytest.raises(LibTrafficError, match=r"named.h5 holds pickled Python objects .* would import numpy"):
+        read_h5(path)
+    good = _h5(workdir / "good.h5", pd.DataFrame(np.ones((6, 2)), index=index, columns=["1", "2"]))
+    assert read_h5(good).shape == (6, 2)  # the index frequency (a pickled pandas offset) is allowed
+
+
+def test_dcrnn_h5_with_a_code_carrying_attribute_is_refused_and_runs_nothing(workdir: Path) -> None:
+    import pandas as pd
+    import tables
+
+    from libtraffic.data.convert.dcrnn import read_h5
+
+    index = pd.date_range("2012-03-01", periods=6, freq="5min")
+    path = _h5(workdir / "evil.h5", pd.DataFrame(np.ones((6, 2)), index=index, columns=["1", "2"]))
+    marker = workdir / "code_ran"
+    payload = f"cbuiltins\nexec\n(Vopen({str(marker)!r}, 'w').close()\ntR.".encode()
+    with tables.open_file(path, mode="a") as handle:
+        handle.root.df._v_attrs.pandas_type = np.bytes_(payload)
+    with pytest.raises(LibTrafficError, match=r"evil.h5 holds pickled Python objects .* would import builtins.exec"):
+        read_h5(path)
+    assert not marker.exists()
