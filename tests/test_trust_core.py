@@ -7,7 +7,6 @@ started together by one module fixture (each process spends seconds importing to
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from pathlib import Path
@@ -19,6 +18,7 @@ from libtraffic.config import ConfigParser
 from libtraffic.utils.errors import LibTrafficError
 
 from conftest import REPO_ROOT, run_clis, write_dataset
+from libtraffic.data.synthetic import write_synthetic_dataset
 
 SMALL = ["--max_epoch", "1", "--hidden_size", "8", "--input_window", "3", "--output_window", "3", "--batch_size", "32"]
 STEPS = 200
@@ -298,3 +298,57 @@ def test_dcrnn_h5_with_a_code_carrying_attribute_is_refused_and_runs_nothing(wor
     with pytest.raises(LibTrafficError, match=r"evil.h5 holds pickled Python objects .* would import builtins.exec"):
         read_h5(path)
     assert not marker.exists()
+
+
+# ----- the CLI: each case through run_model.py, exit 2 with one message, or a run that works -----
+
+CLI_CASES: dict[str, list[str]] = {
+    "long_id": ["--exp_id", "x" * 240],
+    "longer_id": ["--exp_id", "y" * 300],
+    "huge_model": ["--exp_id", "huge", "--hidden_size", "100000000"],
+    "huge_batch": ["--exp_id", "batch", "--batch_size", "100000"],
+    "neg_log": ["--exp_id", "neglog", "--dataset", "NEG", "--scaler", "log"],
+    "trained": ["--exp_id", "trained", "--scaler", "standard"],
+}
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("trust_core")
+    write_synthetic_dataset(root / "raw_data", "TINY", num_nodes=4, num_days=2, seed=5)
+    write_dataset(root / "raw_data", "NEG", readings() - 60)
+    runs = [(root, [*SMALL, "--dataset", "TINY", *extra]) for extra in CLI_CASES.values()]
+    results = dict(zip(CLI_CASES, run_clis(REPO_ROOT, runs)))
+    evaluate = ["--exp_id", "trained", "--train", "false", *SMALL, "--dataset", "TINY"]
+    later = {"other_scaler": [*evaluate, "--scaler", "minmax01"], "other_rate": [*evaluate, "--train_rate", "0.6"],
+             "eval_a": [*evaluate, "--scaler", "standard"], "eval_b": [*evaluate, "--scaler", "standard"]}
+    results.update(zip(later, run_clis(REPO_ROOT, [(root, args) for args in later.values()])))
+    for out in results.values():
+        out.cwd = root
+    return results
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("long_id", r"--exp_id is 240 characters long; keep it to 100 or fewer"),
+    ("longer_id", r"--exp_id is 300 characters long"),
+    ("huge_model", r"Building model GRU ran out of memory \(it tried to allocate [\d,.]+ GiB\).*hidden_size 100000000"),
+    ("neg_log", r"The scaler 'log' turns \d+ reading\(s\) of NEG.dyna into NaN or infinity"),
+    ("other_scaler", r"(?s)--train false with other data settings .*--scaler: checkpoint 'standard', this run 'minmax01'"),
+    ("other_rate", r"--train_rate: checkpoint 0.7, this run 0.6"),
+])
+def test_cli_refuses_with_one_message(cli, case: str, pattern: str) -> None:
+    user_error(cli[case], pattern)
+
+
+def test_cli_caps_a_batch_size_above_the_training_samples(cli) -> None:
+    out = cli["huge_batch"]
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"batch_size 100000 is larger than the \d+ training samples; using \d+", out.stdout)
+
+
+def test_two_evaluations_at_once_keep_both_results(cli) -> None:
+    assert cli["eval_a"].returncode == 0 and cli["eval_b"].returncode == 0, cli["eval_a"].stderr[-2000:]
+    evaluate = cli["eval_a"].cwd / "libtraffic/cache/trained/evaluate_cache"
+    assert len(list(evaluate.glob("*.csv"))) == 3  # training's own evaluation and the two
+    assert len(list(evaluate.glob("*_predictions.npz"))) == 3
+    assert not list(evaluate.glob(".*.tmp"))

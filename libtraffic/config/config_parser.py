@@ -36,6 +36,8 @@ LIBCITY_IGNORED: dict[str, str] = load_json(paths.CONFIG_DIR / "libcity_ignored.
 # Keys of a dataset config.json that describe the atomic-file schema rather than settings.
 _SCHEMA_BLOCKS = {"geo", "rel", "dyna", "ext", "grid", "od", "usr", "info"}
 REQUIRED_ATOMIC = (".geo", ".dyna")
+#: Longest --exp_id: it starts the log file's name (<exp_id>-<model>-<dataset>-<time>.log), at most 255 bytes.
+MAX_EXP_ID_CHARS = 100
 #: The executor whose defaults every executor shares; config/executor/<Other>.json holds only the keys it adds.
 BASE_EXECUTOR = "TrafficStateExecutor"
 
@@ -270,6 +272,11 @@ class ConfigParser(Mapping):
         self._apply(cli, "command line", check=True)
         self._config_file = config_file
         self._check_ranges(self._config)
+        exp_id = self._config.get("exp_id")
+        if exp_id is not None and len(str(exp_id)) > MAX_EXP_ID_CHARS:
+            raise LibTrafficError(
+                f"--exp_id is {len(str(exp_id))} characters long; keep it to {MAX_EXP_ID_CHARS} or fewer: it names "
+                "the experiment's folder and log file, and a file name may be at most 255 bytes.")
 
     def _apply(self, layer: Mapping[str, Any], source: str, check: bool) -> None:
         for key, value in layer.items():

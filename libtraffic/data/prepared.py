@@ -224,7 +224,8 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
     # Scaled in float64 and rounded once, as LibCity (float64 arrays, float32 tensors).
     _check_splits_have_readings(data[..., :output_dim], raw, split, config)
     scaler = _fit(get_scaler(config["scaler"]), data[..., :output_dim], split[0], config)
-    scaled = scaler.transform(data[..., :output_dim].astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):  # reported by _check_scaled, with the readings
+        scaled = scaler.transform(data[..., :output_dim].astype(np.float64))
     _check_scaled(scaled, data[..., :output_dim], config["scaler"], raw.dyna_name)
     data[..., :output_dim] = scaled
     ext_scaler = NoneScaler()
