@@ -352,3 +352,30 @@ def test_two_evaluations_at_once_keep_both_results(cli) -> None:
     assert len(list(evaluate.glob("*.csv"))) == 3  # training's own evaluation and the two
     assert len(list(evaluate.glob("*_predictions.npz"))) == 3
     assert not list(evaluate.glob(".*.tmp"))
+
+
+# ----- 6 and 7: .ext files -----
+
+def _ext(workdir: Path, rows: list[str]) -> Path:
+    path = workdir / "D.ext"
+    path.write_text("ext_id,time,temp\n" + "".join(f"{i},{row}\n" for i, row in enumerate(rows)))
+    return path
+
+
+def test_ext_duplicate_time_is_refused(workdir: Path) -> None:
+    from libtraffic.data.atomic_reader import read_ext
+
+    times = np.array(["2012-03-01T00:00:00", "2012-03-01T00:05:00"], dtype="datetime64[s]")
+    path = _ext(workdir, ["2012-03-01T00:00:00Z,1", "2012-03-01T00:05:00Z,2", "2012-03-01T00:05:00Z,3"])
+    with pytest.raises(LibTrafficError, match=r"time 2012-03-01T00:05:00 has two rows \(the second at line 4\)"):
+        read_ext(path, times, [])
+
+
+def test_empty_ext_cells_are_missing_not_nan(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from libtraffic.data.atomic_reader import read_ext
+
+    times = np.array(["2012-03-01T00:00:00", "2012-03-01T00:05:00"], dtype="datetime64[s]")
+    path = _ext(workdir, ["2012-03-01T00:00:00Z,", "2012-03-01T00:05:00Z,2"])
+    values = read_ext(path, times, [])
+    assert values.tolist() == [[0.0], [2.0]]
+    assert "1 empty or non-finite external value(s) treated as missing" in caplog.text

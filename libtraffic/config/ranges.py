@@ -65,7 +65,6 @@ RANGES: dict[str, Range] = {
     "num_layers": Range("a number of layers", low=1),
     # data
     "weight_adj_epsilon": Range("the smallest kernel weight kept as an edge", **NON_NEGATIVE),
-    "time_intervals": Range("the seconds between two readings", **POSITIVE),
     "gpu_id": Range("a GPU index", **NON_NEGATIVE),
 }
 
