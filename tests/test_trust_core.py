@@ -379,3 +379,20 @@ def test_empty_ext_cells_are_missing_not_nan(workdir: Path, caplog: pytest.LogCa
     values = read_ext(path, times, [])
     assert values.tolist() == [[0.0], [2.0]]
     assert "1 empty or non-finite external value(s) treated as missing" in caplog.text
+
+
+# ----- 7: a model without a graph never complains about the graph -----
+
+@pytest.mark.parametrize("model, fails", [("GRU", False), ("GWNET", True)])
+def test_one_sensor_graph_matters_only_to_a_graph_model(make_dataset, model: str, fails: bool) -> None:
+    from libtraffic.pipeline.build import build_run
+
+    make_dataset("ONE", readings(nodes=1), rel=[(0, 0, 100.0)], info={"calculate_weight_adj": True})
+    cfg = ConfigParser("traffic_state_pred", model, "ONE", other_args={"input_window": "3", "output_window": "3",
+                                                                       "exp_id": "one", "gpu": "false"})
+    if fails:
+        with pytest.raises(LibTrafficError, match=r"the 1 finite weight\(s\) of the 1-sensor graph are all equal.*"
+                                                  r"This model uses the sensor graph"):
+            build_run(cfg)
+    else:
+        assert build_run(cfg).data_feature["num_nodes"] == 1

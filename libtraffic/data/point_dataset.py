@@ -13,6 +13,20 @@ from libtraffic.data.windows import make_loader, split_indices
 from libtraffic.utils.errors import LibTrafficError
 
 
+class DataFeatures(dict):
+    """The data features of a run; reading 'adj_mx' when the .rel file gives no usable graph raises
+    that problem, so only a model that uses the graph fails (a GRU on one sensor does not)."""
+
+    def __init__(self, features: Mapping[str, Any], adj_problem: str = "") -> None:
+        super().__init__(features)
+        self.adj_problem = adj_problem
+
+    def __getitem__(self, key: str) -> Any:  # noqa: ANN401
+        if key == "adj_mx" and self.adj_problem:
+            raise LibTrafficError(f"{self.adj_problem} This model uses the sensor graph from the .rel file.")
+        return super().__getitem__(key)
+
+
 class TrafficStatePointDataset:
     """Loaders of {'X': [B, input_window, N, F], 'y': [B, output_window, N, F]} batches.
 
@@ -67,8 +81,8 @@ class TrafficStatePointDataset:
 
     def get_data_feature(self) -> dict[str, Any]:
         p = self.prepare()
-        return {
+        return DataFeatures({
             "scaler": p.scaler, "ext_scaler": p.ext_scaler, "adj_mx": p.adj_mx, "num_nodes": p.num_nodes,
             "feature_dim": p.feature_dim, "output_dim": p.output_dim, "ext_dim": p.ext_dim,
             "num_batches": -(-p.split[0] // self.batch_size()),
-        }
+        }, p.adj_problem)

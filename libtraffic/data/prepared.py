@@ -64,6 +64,8 @@ class PreparedData:
     output_dim: int
     ext_dim: int
     cache_key: str
+    # Why the .rel file gives no usable graph ('' when it does): only a model that uses the graph fails.
+    adj_problem: str = ""
 
     @property
     def num_nodes(self) -> int:
@@ -232,15 +234,19 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
     if config["normal_external"] and data.shape[2] > output_dim:
         ext_scaler = _fit(get_scaler(config["ext_scaler"], "ext_scaler"), data[..., output_dim:], split[0], config)
         data[..., output_dim:] = ext_scaler.transform(data[..., output_dim:].astype(np.float64))
-    adj = build_adjacency(
-        raw.num_nodes, raw.origin, raw.dest, raw.weights, config["init_weight_inf_or_zero"],
-        config["set_weight_link_or_dist"], config["bidir_adj_mx"], config["calculate_weight_adj"],
-        config["weight_adj_epsilon"],
-    )
+    adj_problem = ""
+    try:
+        adj = build_adjacency(
+            raw.num_nodes, raw.origin, raw.dest, raw.weights, config["init_weight_inf_or_zero"],
+            config["set_weight_link_or_dist"], config["bidir_adj_mx"], config["calculate_weight_adj"],
+            config["weight_adj_epsilon"],
+        )
+    except LibTrafficError as err:  # a GRU needs no graph: only a model that reads adj_mx meets this
+        adj, adj_problem = np.zeros((raw.num_nodes, raw.num_nodes), dtype=np.float32), str(err)
     return PreparedData(
         np.ascontiguousarray(data, dtype=np.float32), adj, scaler, ext_scaler, split,
         config["input_window"], config["output_window"], output_dim, data.shape[2] - output_dim,
-        _key(config, raw.stats),
+        _key(config, raw.stats), adj_problem,
     )
 
 
