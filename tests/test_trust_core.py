@@ -396,3 +396,12 @@ def test_one_sensor_graph_matters_only_to_a_graph_model(make_dataset, model: str
             build_run(cfg)
     else:
         assert build_run(cfg).data_feature["num_nodes"] == 1
+
+
+@pytest.mark.parametrize("text", ["from,to,cost\n", ""])
+def test_an_empty_distances_csv_says_it_has_no_edges(workdir: Path, text: str) -> None:
+    from libtraffic.data.convert.readers import read_edges
+
+    (workdir / "PEMS04.csv").write_text(text)
+    with pytest.raises(LibTrafficError, match=r"PEMS04.csv (has no edge rows|is empty)"):
+        read_edges(workdir / "PEMS04.csv")
