@@ -405,3 +405,15 @@ def test_an_empty_distances_csv_says_it_has_no_edges(workdir: Path, text: str) -
     (workdir / "PEMS04.csv").write_text(text)
     with pytest.raises(LibTrafficError, match=r"PEMS04.csv (has no edge rows|is empty)"):
         read_edges(workdir / "PEMS04.csv")
+
+
+def test_hyper_tune_refuses_a_long_exp_id_up_front(tmp_path: Path) -> None:
+    import sys
+
+    from conftest import SUBPROCESS_ENV
+
+    write_synthetic_dataset(tmp_path / "raw_data", "TINY", num_nodes=4, num_days=2, seed=5)
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "hyper_tune.py"), "--dataset", "TINY", "--exp_id", "z" * 240],
+                         cwd=tmp_path, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    user_error(out, r"--exp_id is 240 characters long; keep it to 100 or fewer")
+    assert not (tmp_path / "libtraffic").exists()
