@@ -417,3 +417,20 @@ def test_hyper_tune_refuses_a_long_exp_id_up_front(tmp_path: Path) -> None:
                          cwd=tmp_path, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
     user_error(out, r"--exp_id is 240 characters long; keep it to 100 or fewer")
     assert not (tmp_path / "libtraffic").exists()
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_file_whole(workdir: Path) -> None:
+    """A write that fails midway (full disk, Ctrl-C, an unpicklable value) never truncates the file."""
+    import logging
+    from types import SimpleNamespace
+
+    from libtraffic.executor import TrafficStateExecutor
+
+    path = workdir / "model_cache" / "GRU_D_epoch3.tar"
+    path.parent.mkdir()
+    path.write_bytes(b"the previous checkpoint")
+    executor = SimpleNamespace(logger=logging.getLogger("test"))
+    with pytest.raises(Exception):
+        TrafficStateExecutor.save_model(executor, path, {"epoch": 3, "unsaveable": lambda: 0})
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
