@@ -132,7 +132,7 @@ def test_save_result_default_name_and_string_save_mode(tmp_path):
     evaluator = TrafficStateEvaluator(_config(save_mode="json"))
     evaluator.collect(_batch(*_data()))
     (path,) = evaluator.save_result(tmp_path)
-    assert re.fullmatch(r"\d{4}(_\d{2}){5}_\d{6}_\d+_GRU_TOY\.json", path.name)
+    assert re.fullmatch(r"\d{4}(_\d{2}){5}_GRU_TOY\.json", path.name)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 

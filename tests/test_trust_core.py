@@ -193,12 +193,16 @@ def test_the_report_names_a_damaged_file(workdir: Path, damage: str, note: str) 
     assert (exp.metrics is None) == (damage == "empty_csv") and (exp.predictions is None) == (damage != "empty_csv")
 
 
-def test_evaluation_file_names_cannot_collide() -> None:
-    from libtraffic.evaluator.traffic_state_evaluator import result_stamp
+def test_evaluation_file_names_cannot_collide(workdir: Path) -> None:
+    from libtraffic.evaluator import TrafficStateEvaluator
 
-    stamps = {result_stamp() for _ in range(50)}
-    assert len(stamps) == 50
-    assert re.fullmatch(r"\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d_\d{6}_\d+", next(iter(stamps)))
+    evaluator = TrafficStateEvaluator({"metrics": ["masked_MAE"], "output_window": 1, "evaluator_mode": "single",
+                                       "save_mode": ["csv", "json"], "model": "GRU", "dataset": "D",
+                                       "eval_mask_val": 0.0})
+    names = [evaluator.reserve_name(workdir) for _ in range(3)]
+    assert len(set(names)) == 3
+    assert re.fullmatch(r"\d{4}(_\d\d){5}_GRU_D", names[0])  # LibCity's name when it is free
+    assert sorted(p.name for p in workdir.iterdir()) == sorted(f"{n}.csv" for n in names)
 
 
 def test_huge_readings_are_scored_in_float64() -> None:
@@ -349,7 +353,7 @@ def test_cli_caps_a_batch_size_above_the_training_samples(cli) -> None:
 def test_two_evaluations_at_once_keep_both_results(cli) -> None:
     assert cli["eval_a"].returncode == 0 and cli["eval_b"].returncode == 0, cli["eval_a"].stderr[-2000:]
     evaluate = cli["eval_a"].cwd / "libtraffic/cache/trained/evaluate_cache"
-    assert len(list(evaluate.glob("*.csv"))) == 3  # training's own evaluation and the two
+    assert len([p for p in evaluate.glob("*.csv") if p.stat().st_size]) == 3  # training's evaluation and the two
     assert len(list(evaluate.glob("*_predictions.npz"))) == 3
     assert not list(evaluate.glob(".*.tmp"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import logging
 import os
@@ -26,13 +27,6 @@ EVALUATOR_MODES: dict[str, Callable[[int], slice]] = {
     "single": lambda i: slice(i - 1, i),
     "average": lambda i: slice(0, i),
 }
-
-
-def result_stamp() -> str:
-    """The time stamp that starts the name of an evaluation's files: LibCity's sortable
-    YYYY_MM_DD_HH_MM_SS, plus microseconds and the process id, so that two evaluations of one
-    experiment in the same second (two --train false runs) never write the same file."""
-    return f"{datetime.datetime.now():%Y_%m_%d_%H_%M_%S_%f}_{os.getpid()}"
 
 
 def _write_json(result: Mapping[str, float], table: pd.DataFrame, path: Path) -> None:
@@ -181,7 +175,7 @@ class TrafficStateEvaluator:
         save_dir = Path(save_path)
         save_dir.mkdir(parents=True, exist_ok=True)
         if filename is None:
-            filename = f"{result_stamp()}_{self.model}_{self.dataset}"
+            filename = self.reserve_name(save_dir)
         table = self._frame(result)
         written = []
         for mode, write in self._writers.items():
@@ -192,6 +186,23 @@ class TrafficStateEvaluator:
         for path in written:
             logger.info("Saved evaluation to %s", path)
         return written
+
+    def reserve_name(self, folder: Path) -> str:
+        """A name for this evaluation's files in ``folder``: LibCity's <YYYY_MM_DD_HH_MM_SS>_<model>_<dataset>,
+        or with _2, _3, ... appended when another evaluation of the same second has it (two --train false
+        runs at once). The name is claimed by creating its first file exclusively (the writers then
+        replace it), so concurrent runs never share one."""
+        folder.mkdir(parents=True, exist_ok=True)
+        base = f"{datetime.datetime.now():%Y_%m_%d_%H_%M_%S}_{self.model}_{self.dataset}"
+        first = f".{self.save_modes[0]}" if self.save_modes else "_predictions.npz"
+        for n in itertools.count(1):
+            name = base if n == 1 else f"{base}_{n}"  # sorts after base: the report's newest stays the newest
+            try:
+                os.close(os.open(folder / f"{name}{first}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            return name
+        raise AssertionError("unreachable")
 
     def clear(self) -> None:
         """Forget everything collected."""

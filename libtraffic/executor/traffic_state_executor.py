@@ -24,7 +24,6 @@ from torch import nn
 
 from libtraffic.config.config_parser import model_config_keys
 from libtraffic.evaluator import get_evaluator
-from libtraffic.evaluator.traffic_state_evaluator import result_stamp
 from libtraffic.executor import checkpoint
 from libtraffic.executor.best_metric import parse_best_metric
 from libtraffic.executor.optim import build_optimizer, build_scheduler
@@ -463,7 +462,7 @@ class TrafficStateExecutor:
         y_pred, y_true = self._predict(test_loader)
         folder = paths.evaluate_cache_dir(self.exp_id)
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"{result_stamp()}_{self.config['model']}_{self.config['dataset']}"
+        name = self.evaluator.reserve_name(folder)
         if self.config["save_predictions"]:
             # Uncompressed: compressing these float arrays took ~5 s at METR_LA size and saved little.
             buffer = io.BytesIO()
