@@ -130,4 +130,12 @@ def read_results(folder: Path) -> Results | None:
 def read_settings(folder: Path) -> dict[str, Any] | None:
     """The experiment's settings file, or None when it does not exist."""
     path = folder / SETTINGS_FILE
-    return load_json(path, "experiment settings file") if path.is_file() else None
+    if not path.is_file():
+        return None
+    settings = load_json(path, "experiment settings file")
+    if not isinstance(settings, dict):
+        raise LibTrafficError(
+            f"The experiment settings file {path} holds a JSON {type(settings).__name__}, not the object hyper_tune.py "
+            "writes (command, search space, options): it was damaged or replaced. Restore it, or start a new "
+            "experiment with a new --exp_id.")
+    return settings

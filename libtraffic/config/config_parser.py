@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from libtraffic.config.ranges import out_of_range
 from libtraffic.data.synthetic import ensure_builtin_dataset
 from libtraffic.utils import paths
 from libtraffic.utils.errors import LibTrafficError
@@ -35,6 +36,8 @@ LIBCITY_IGNORED: dict[str, str] = load_json(paths.CONFIG_DIR / "libcity_ignored.
 # Keys of a dataset config.json that describe the atomic-file schema rather than settings.
 _SCHEMA_BLOCKS = {"geo", "rel", "dyna", "ext", "grid", "od", "usr", "info"}
 REQUIRED_ATOMIC = (".geo", ".dyna")
+#: Longest --exp_id: it starts the log file's name (<exp_id>-<model>-<dataset>-<time>.log), at most 255 bytes.
+MAX_EXP_ID_CHARS = 100
 #: The executor whose defaults every executor shares; config/executor/<Other>.json holds only the keys it adds.
 BASE_EXECUTOR = "TrafficStateExecutor"
 
@@ -126,9 +129,11 @@ def coerce_value(key: str, value: Any, default: Any, where: str) -> Any:
     Returns the value converted to the default's type, or raises LibTrafficError naming ``where``.
     """
     from_cli = isinstance(value, str) and where.startswith("--")
+    quoted = isinstance(value, str) and not from_cli and not isinstance(default, (str, list)) and default is not None
     bad = LibTrafficError(
         f"Bad value {value!r} for '{key}' ({where}): expected {_type_name(default)} "
         f"like the default {json.dumps(default)}."
+        + (f" In a JSON file, write {_type_name(default)} without quotes." if quoted else "")
     )
     if default is None:
         if from_cli:
@@ -249,8 +254,10 @@ class ConfigParser(Mapping):
         fixed = {"task": task, "model": model, "dataset": dataset, **components}
         if "rnn_type" in entry:
             fixed["rnn_type"] = entry["rnn_type"]
+        # Types come from our defaults first: a dataset's config.json can add keys, not retype ours.
+        self._dataset_source = defaults[1][0]
         self._types: dict[str, Any] = dict(fixed)
-        for _, layer in defaults:
+        for source, layer in sorted(defaults, key=lambda item: item[0] == self._dataset_source):
             for key, value in layer.items():
                 if self._types.get(key) is None:
                     self._types[key] = value
@@ -264,6 +271,12 @@ class ConfigParser(Mapping):
         self._apply(fixed, "command line", check=False)
         self._apply(cli, "command line", check=True)
         self._config_file = config_file
+        self._check_ranges(self._config)
+        exp_id = self._config.get("exp_id")
+        if exp_id is not None and len(str(exp_id)) > MAX_EXP_ID_CHARS:
+            raise LibTrafficError(
+                f"--exp_id is {len(str(exp_id))} characters long; keep it to {MAX_EXP_ID_CHARS} or fewer: it names "
+                "the experiment's folder and log file, and a file name may be at most 255 bytes.")
 
     def _apply(self, layer: Mapping[str, Any], source: str, check: bool) -> None:
         for key, value in layer.items():
@@ -274,6 +287,9 @@ class ConfigParser(Mapping):
                 value = self._checked(key, value, source)
             elif isinstance(value, str) and isinstance(self._types.get(key), list):
                 value = [value]  # "data_col": "speed" in a dataset's config.json means ["speed"]
+            elif source == self._dataset_source and value is not None and isinstance(self._types.get(key), (int, float)):
+                # A dataset's config.json may hold "input_window": "12" or "calculate_weight_adj": "false".
+                value = coerce_value(key, value, self._types[key], source)
             self._config[key] = value
             self.sources[key] = source
 
@@ -287,6 +303,15 @@ class ConfigParser(Mapping):
             )
         return coerce_value(key, value, self._types[key], where)
 
+    def _check_ranges(self, values: Mapping[str, Any]) -> None:
+        """Refuse a value outside its key's meaningful range (config/ranges.py), naming its source."""
+        for key, value in values.items():
+            why = out_of_range(key, value)
+            if why:
+                source = self.sources.get(key, "")
+                where = f"--{key}" if source == "command line" else source
+                raise LibTrafficError(f"{why} (from {where}).")
+
     def with_overrides(self, overrides: Mapping[str, Any], source: str = "search space") -> "ConfigParser":
         """A new ConfigParser equal to this one with ``overrides`` on top (this one is untouched)."""
         clone = object.__new__(ConfigParser)
@@ -295,7 +320,9 @@ class ConfigParser(Mapping):
         clone.sources = dict(self.sources)
         clone.ignored = dict(self.ignored)
         clone._config_file = self._config_file
+        clone._dataset_source = self._dataset_source
         clone._apply(dict(overrides), source, check=True)
+        clone._check_ranges({k: clone._config[k] for k in overrides if k in clone._config})
         return clone
 
     def known_keys(self) -> list[str]:

@@ -39,7 +39,10 @@ def build_adjacency(
         finite = adj[~np.isinf(adj)]
         std = finite.std() if finite.size else 0.0
         if std == 0:
-            raise LibTrafficError("calculate_weight_adj needs varying distances, but all finite weights are equal.")
+            raise LibTrafficError(
+                f"calculate_weight_adj needs varying distances, but the {finite.size} finite weight(s) of the "
+                f"{num_nodes}-sensor graph are all equal (or there are none): the Gaussian kernel divides by their "
+                "spread. Set --calculate_weight_adj false, or give the .rel file the distances between sensors.")
         adj = np.exp(-np.square(adj / std)).astype(np.float32)
         adj[adj < weight_adj_epsilon] = 0
     return adj

@@ -283,8 +283,21 @@ def read_ext(path: Path, times: np.ndarray, ext_col: list[str]) -> np.ndarray:
     columns = list(ext_col) or [c for c in df.columns if c not in ("ext_id", "time")]
     _require_columns(df, path, columns, "Fix ext_col in config.json.")
     ext_times = _parse_times(df["time"], path)
-    position = pd.Index(ext_times).get_indexer(times)
+    index = pd.Index(ext_times)
+    if index.has_duplicates:
+        row = int(np.flatnonzero(index.duplicated())[0])
+        raise LibTrafficError(f"{path}: time {ext_times[row]} has two rows (the second at line {row + 2}); an .ext file "
+                              "needs one row per time step. Remove the duplicate.")
+    position = index.get_indexer(times)
     if (position < 0).any():
         t = int(np.flatnonzero(position < 0)[0])
         raise LibTrafficError(f"{path} has no row for time {times[t]}; it must cover every .dyna time step.")
-    return _numeric_block(df, path, columns)[position]
+    values = _numeric_block(df, path, columns)[position]
+    # Empty cells are allowed (the reading-format message says so): missing, i.e. 0, as in the .dyna file,
+    # instead of NaN features that would make training diverge.
+    missing = ~np.isfinite(values)
+    if missing.any():
+        logger.warning("%s: %d empty or non-finite external value(s) treated as missing (set to 0).",
+                       path.name, int(missing.sum()))
+        values[missing] = 0.0
+    return values

@@ -13,6 +13,20 @@ from libtraffic.data.windows import make_loader, split_indices
 from libtraffic.utils.errors import LibTrafficError
 
 
+class DataFeatures(dict):
+    """The data features of a run; reading 'adj_mx' when the .rel file gives no usable graph raises
+    that problem, so only a model that uses the graph fails (a GRU on one sensor does not)."""
+
+    def __init__(self, features: Mapping[str, Any], adj_problem: str = "") -> None:
+        super().__init__(features)
+        self.adj_problem = adj_problem
+
+    def __getitem__(self, key: str) -> Any:  # noqa: ANN401
+        if key == "adj_mx" and self.adj_problem:
+            raise LibTrafficError(f"{self.adj_problem} This model uses the sensor graph from the .rel file.")
+        return super().__getitem__(key)
+
+
 class TrafficStatePointDataset:
     """Loaders of {'X': [B, input_window, N, F], 'y': [B, output_window, N, F]} batches.
 
@@ -33,6 +47,7 @@ class TrafficStatePointDataset:
             raise LibTrafficError(f"num_workers must be >= 0, got {config['num_workers']}.")
         warn_ineffective(config, logging.getLogger("libtraffic"))
         self.prepared = prepared
+        self._warned = False
 
     def prepare(self) -> PreparedData:
         if self.prepared is None:
@@ -43,17 +58,31 @@ class TrafficStatePointDataset:
         """(train, valid, test) loaders; training batches are shuffled with the run's seed."""
         p = self.prepare()
         cfg = self.config
-        starts = split_indices(p.split, cfg["batch_size"], cfg["pad_with_last_sample"], cfg["eval_pad_with_last_sample"])
+        batch_size = self.batch_size()
+        starts = split_indices(p.split, batch_size, cfg["pad_with_last_sample"], cfg["eval_pad_with_last_sample"])
         return tuple(
-            make_loader(p.data, idx, p.input_window, p.output_window, cfg["batch_size"], shuffle=i == 0,
+            make_loader(p.data, idx, p.input_window, p.output_window, batch_size, shuffle=i == 0,
                         num_workers=cfg["num_workers"], seed=cfg["seed"])
             for i, idx in enumerate(starts)
         )
 
+    def batch_size(self) -> int:
+        """batch_size, capped at the number of training samples: beyond it, LibCity's padding with the
+        last sample would fill almost every batch with copies of one window (minutes per epoch)."""
+        num_train = self.prepare().split[0]
+        if self.config["batch_size"] <= num_train:
+            return self.config["batch_size"]
+        if not self._warned:
+            logging.getLogger("libtraffic").warning(
+                "batch_size %d is larger than the %d training samples; using %d (one batch of real samples, not "
+                "padded with copies of the last one).", self.config["batch_size"], num_train, num_train)
+            self._warned = True
+        return num_train
+
     def get_data_feature(self) -> dict[str, Any]:
         p = self.prepare()
-        return {
+        return DataFeatures({
             "scaler": p.scaler, "ext_scaler": p.ext_scaler, "adj_mx": p.adj_mx, "num_nodes": p.num_nodes,
             "feature_dim": p.feature_dim, "output_dim": p.output_dim, "ext_dim": p.ext_dim,
-            "num_batches": -(-p.split[0] // self.config["batch_size"]),
-        }
+            "num_batches": -(-p.split[0] // self.batch_size()),
+        }, p.adj_problem)

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 # 3: the standard scaler weights each step by the training windows holding it; scaled in float64.
 # 4: the scalers and sizes in meta.json (was a pickle).
 # 5: .rel rows applied in file order (a pair listed both ways is symmetric with bidir_adj_mx).
-CACHE_FORMAT = 5
+# 6: keyed on the source files' content, not their mtime.
+CACHE_FORMAT = 6
 # Every config key that changes the prepared arrays; the cache key hashes their values.
 DATA_KEYS = (
     "dataset", "data_path", "data_col", "data_files", "geo_file", "rel_file", "ext_file", "ext_col", "weight_col",
@@ -63,6 +64,8 @@ class PreparedData:
     output_dim: int
     ext_dim: int
     cache_key: str
+    # Why the .rel file gives no usable graph ('' when it does): only a model that uses the graph fails.
+    adj_problem: str = ""
 
     @property
     def num_nodes(self) -> int:
@@ -101,8 +104,19 @@ def _files(config: Mapping[str, Any]) -> dict[str, Path]:
     return files
 
 
-def _stats(files: Mapping[str, Path]) -> dict[str, list[int]]:
-    return {k: [p.stat().st_size, p.stat().st_mtime_ns] for k, p in sorted(files.items())}
+def _content_hash(path: Path) -> str:
+    """BLAKE2b of the file's bytes, read in chunks (about 1 s per GB)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stats(files: Mapping[str, Path]) -> dict[str, list]:
+    """Size and content hash of each source file: an edit that keeps size and mtime (cp -p, rsync)
+    still changes the cache key."""
+    return {k: [p.stat().st_size, _content_hash(p)] for k, p in sorted(files.items())}
 
 
 def _key(config: Mapping[str, Any], stats: Mapping[str, list[int]]) -> str:
@@ -137,7 +151,7 @@ def warn_ineffective(config: Mapping[str, Any], log: logging.Logger) -> None:
 
 
 def cache_key(config: Mapping[str, Any], files: Mapping[str, Path]) -> str:
-    """Hash of every data-affecting setting and of the source files' size and mtime."""
+    """Hash of every data-affecting setting and of the source files' size and content."""
     return _key(config, _stats(files))
 
 
@@ -147,7 +161,7 @@ class RawData:
 
     data: (T, N, F) float32 readings (NaN set to 0); times: (T,) datetime64[s]; ext: (T, E) external
     readings or None; origin / dest: (R,) node indices of the .rel rows, weights: (R,) or None;
-    stats: size and mtime of each source file (part of the cache key). Tuning ships one RawData
+    stats: size and content hash of each source file (part of the cache key). Tuning ships one RawData
     to every trial through Ray's object store, so no trial reads a file.
     """
 
@@ -158,7 +172,7 @@ class RawData:
     origin: np.ndarray
     dest: np.ndarray
     weights: np.ndarray | None
-    stats: dict[str, list[int]]
+    stats: dict[str, list]
     dyna_name: str = ""
 
 
@@ -210,22 +224,63 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
     if min(split) <= 0:
         raise LibTrafficError(f"train_rate {config['train_rate']} and eval_rate {config['eval_rate']} leave an empty split {split} of {samples} samples.")
     # Scaled in float64 and rounded once, as LibCity (float64 arrays, float32 tensors).
+    _check_splits_have_readings(data[..., :output_dim], raw, split, config)
     scaler = _fit(get_scaler(config["scaler"]), data[..., :output_dim], split[0], config)
-    data[..., :output_dim] = scaler.transform(data[..., :output_dim].astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):  # reported by _check_scaled, with the readings
+        scaled = scaler.transform(data[..., :output_dim].astype(np.float64))
+    _check_scaled(scaled, data[..., :output_dim], config["scaler"], raw.dyna_name)
+    data[..., :output_dim] = scaled
     ext_scaler = NoneScaler()
     if config["normal_external"] and data.shape[2] > output_dim:
         ext_scaler = _fit(get_scaler(config["ext_scaler"], "ext_scaler"), data[..., output_dim:], split[0], config)
         data[..., output_dim:] = ext_scaler.transform(data[..., output_dim:].astype(np.float64))
-    adj = build_adjacency(
-        raw.num_nodes, raw.origin, raw.dest, raw.weights, config["init_weight_inf_or_zero"],
-        config["set_weight_link_or_dist"], config["bidir_adj_mx"], config["calculate_weight_adj"],
-        config["weight_adj_epsilon"],
-    )
+    adj_problem = ""
+    try:
+        adj = build_adjacency(
+            raw.num_nodes, raw.origin, raw.dest, raw.weights, config["init_weight_inf_or_zero"],
+            config["set_weight_link_or_dist"], config["bidir_adj_mx"], config["calculate_weight_adj"],
+            config["weight_adj_epsilon"],
+        )
+    except LibTrafficError as err:  # a GRU needs no graph: only a model that reads adj_mx meets this
+        adj, adj_problem = np.zeros((raw.num_nodes, raw.num_nodes), dtype=np.float32), str(err)
     return PreparedData(
         np.ascontiguousarray(data, dtype=np.float32), adj, scaler, ext_scaler, split,
         config["input_window"], config["output_window"], output_dim, data.shape[2] - output_dim,
-        _key(config, raw.stats),
+        _key(config, raw.stats), adj_problem,
     )
+
+
+def _check_splits_have_readings(values: np.ndarray, raw: RawData, split: tuple[int, int, int],
+                                config: Mapping[str, Any]) -> None:
+    """Refuse a validation or test split whose targets hold no valid reading: its loss would be a
+    clean-looking 0 (masked loss) and its metrics meaningless. values: (T, N, output_dim)."""
+    inp, out = config["input_window"], config["output_window"]
+    first = split[0]
+    for name, size in (("validation", split[1]), ("test", split[2])):
+        if size == 0:
+            continue
+        lo, hi = first + inp, first + size - 1 + inp + out  # the steps the split's targets cover
+        if not np.any(values[lo:hi]):
+            raise LibTrafficError(
+                f"The {name} split has no valid reading: every target reading from {raw.times[lo]} to "
+                f"{raw.times[hi - 1]} (steps {lo}..{hi - 1} of {raw.dyna_name}) is 0, NaN or infinite (0 means "
+                f"missing), so its loss and metrics would be meaningless. Change train_rate / eval_rate (now "
+                f"{config['train_rate']} / {config['eval_rate']}) so that it covers recorded readings, or fill the gap."
+            )
+        first += size
+
+
+def _check_scaled(scaled: np.ndarray, values: np.ndarray, name: str, dyna_name: str) -> None:
+    """Refuse readings the scaler cannot map (log of a reading below -eps): they would become NaN
+    labels, which the masked loss skips, so training would report a clean-looking loss of 0."""
+    bad = ~np.isfinite(scaled)
+    if bad.any():
+        examples = ", ".join(f"{v:g}" for v in np.unique(values[bad])[:3])
+        raise LibTrafficError(
+            f"The scaler '{name}' turns {int(bad.sum())} reading(s) of {dyna_name} into NaN or infinity (e.g. "
+            f"{examples}); the model would learn from no label at all. Choose another --scaler (standard, "
+            "minmax01, minmax11, normal, none), or check those readings (scaler 'log' needs readings above -0.999)."
+        )
 
 
 def _fit(scaler: NoneScaler, values: np.ndarray, num_train: int, config: Mapping[str, Any]) -> NoneScaler:
@@ -293,7 +348,8 @@ def _load(folder: Path) -> PreparedData:
         meta = saved["prepared"]
         meta.update(scaler=scaler_from_state(meta["scaler"]), ext_scaler=scaler_from_state(meta["ext_scaler"]),
                     split=tuple(meta["split"]))
-        return PreparedData(data=np.load(folder / "data.npy"), adj_mx=np.load(folder / "adj_mx.npy"), **meta)
+        return PreparedData(data=np.load(folder / "data.npy", allow_pickle=False),
+                            adj_mx=np.load(folder / "adj_mx.npy", allow_pickle=False), **meta)
     except CorruptCache:
         raise
     except Exception as err:  # any unreadable piece means the same: rebuild

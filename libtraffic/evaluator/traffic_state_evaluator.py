@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from torch import Tensor
 from libtraffic.model.loss import MASK_VAL_METRICS, METRICS
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.registry import lookup
+from libtraffic.utils.safe_write import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +30,11 @@ EVALUATOR_MODES: dict[str, Callable[[int], slice]] = {
 
 
 def _write_json(result: Mapping[str, float], table: pd.DataFrame, path: Path) -> None:
-    path.write_text(json.dumps(result, indent=4))
+    write_text(path, json.dumps(result, indent=4))
 
 
 def _write_csv(result: Mapping[str, float], table: pd.DataFrame, path: Path) -> None:
-    table.to_csv(path)
+    write_text(path, table.to_csv())
 
 
 #: save_mode -> writer of one result file (file suffix = the mode name).
@@ -117,8 +120,9 @@ class TrafficStateEvaluator:
             raise ValueError(
                 f"expected [samples, {self.output_window}, nodes, dim], got {tuple(y_true.shape)}"
             )
-        self._true.append(y_true.detach().cpu())
-        self._pred.append(y_pred.detach().cpu())
+        # Scored in float64: readings near 1e31 square beyond float32's range (an MSE of inf).
+        self._true.append(y_true.detach().cpu().double())
+        self._pred.append(y_pred.detach().cpu().double())
 
     def evaluate(self) -> dict[str, float]:
         """Score everything collected: ``{'<metric>@<i>': value}`` for i = 1..output_window,
@@ -146,6 +150,7 @@ class TrafficStateEvaluator:
         fn = lookup(METRICS, name, "metric")
         extra = self._extra(name)
         horizons = [horizon] if horizon is not None else range(1, self.output_window + 1)
+        y_true, y_pred = y_true.double(), y_pred.double()
         with torch.no_grad():
             values = [float(fn(y_pred[:, self._steps(i)], y_true[:, self._steps(i)], **extra)) for i in horizons]
         return sum(values) / len(values)
@@ -170,8 +175,7 @@ class TrafficStateEvaluator:
         save_dir = Path(save_path)
         save_dir.mkdir(parents=True, exist_ok=True)
         if filename is None:
-            stamp = datetime.datetime.now().strftime("%Y_%m_%d_%H_%M_%S")
-            filename = f"{stamp}_{self.model}_{self.dataset}"
+            filename = self.reserve_name(save_dir)
         table = self._frame(result)
         written = []
         for mode, write in self._writers.items():
@@ -182,6 +186,23 @@ class TrafficStateEvaluator:
         for path in written:
             logger.info("Saved evaluation to %s", path)
         return written
+
+    def reserve_name(self, folder: Path) -> str:
+        """A name for this evaluation's files in ``folder``: LibCity's <YYYY_MM_DD_HH_MM_SS>_<model>_<dataset>,
+        or with _2, _3, ... appended when another evaluation of the same second has it (two --train false
+        runs at once). The name is claimed by creating its first file exclusively (the writers then
+        replace it), so concurrent runs never share one."""
+        folder.mkdir(parents=True, exist_ok=True)
+        base = f"{datetime.datetime.now():%Y_%m_%d_%H_%M_%S}_{self.model}_{self.dataset}"
+        first = f".{self.save_modes[0]}" if self.save_modes else "_predictions.npz"
+        for n in itertools.count(1):
+            name = base if n == 1 else f"{base}_{n}"  # sorts after base: the report's newest stays the newest
+            try:
+                os.close(os.open(folder / f"{name}{first}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            return name
+        raise AssertionError("unreachable")
 
     def clear(self) -> None:
         """Forget everything collected."""

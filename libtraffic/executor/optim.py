@@ -8,6 +8,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -58,6 +59,8 @@ _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, as
         ast.Pow: operator.pow, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.USub: operator.neg,
         ast.UAdd: operator.pos}
 _FUNCS = {"min": min, "max": max, "abs": abs}
+#: name -> (fewest, most arguments, as said in a message)
+_ARITY = {"min": (2, 64, "two or more arguments"), "max": (2, 64, "two or more arguments"), "abs": (1, 1, "one argument")}
 _LAMBDA_ERRORS = {ZeroDivisionError: "it divides by zero", OverflowError: "the result is too large",
                   RecursionError: "it is nested too deeply"}
 #: Longest lr_lambda text; with floats only, every operation is O(1), so evaluation takes microseconds.
@@ -77,6 +80,12 @@ def lr_lambda_from_text(text: str, max_epoch: int = 1) -> Callable[[int], float]
         tree = ast.parse(text, mode="eval").body
     except SyntaxError as err:
         raise LibTrafficError(f"lr_lambda {text!r} is not an expression of epoch: {err.msg}.") from err
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _ARITY:
+            low, high, shown = _ARITY[node.func.id]
+            if not low <= len(node.args) <= high:
+                raise LibTrafficError(f"lr_lambda {text!r}: {node.func.id}() takes {shown}, got {len(node.args)}.")
 
     def evaluate(node: ast.AST, epoch: float) -> float:
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
@@ -108,9 +117,19 @@ def lr_lambda_from_text(text: str, max_epoch: int = 1) -> Callable[[int], float]
                                   "factor >= 0 of the learning rate for every epoch.")
         return value
 
-    for epoch in range(max(max_epoch, 1)):
+    for epoch in _epochs_to_check(max_epoch):
         factor(epoch)
     return factor
+
+
+def _epochs_to_check(max_epoch: int, first: int = 1000, spread: int = 200) -> list[int]:
+    """The epochs lr_lambda is checked at before training: the first ``first`` ones, then ``spread``
+    epochs spaced geometrically up to the last, so the check costs the same for any max_epoch. An
+    epoch not checked here is still checked when the scheduler reaches it (the same message)."""
+    last = max(max_epoch, 1) - 1
+    if last < first + spread:
+        return list(range(last + 1))
+    return list(range(first)) + sorted({int(round(e)) for e in np.geomspace(first, last, spread)})
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any]):
@@ -125,6 +144,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any])
     milestones = kwargs.get("milestones", [])
     if not all(isinstance(m, int) and not isinstance(m, bool) for m in milestones):
         raise LibTrafficError(f"steps must list epoch numbers (e.g. [5, 20]), got {milestones!r}.")
+    if cls is torch.optim.lr_scheduler.ReduceLROnPlateau and kwargs["factor"] >= 1:
+        raise LibTrafficError(
+            f"lr_decay_ratio is {kwargs['factor']}, but ReduceLROnPlateau multiplies the learning rate by it when the "
+            "validation loss stops improving, so it must be below 1 (e.g. 0.1).")
     if "lr_lambda" in kwargs:
         kwargs["lr_lambda"] = lr_lambda_from_text(kwargs["lr_lambda"], config["max_epoch"])
     return cls(optimizer, **kwargs)

@@ -10,6 +10,7 @@ import Ray.
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import math
 import time
@@ -31,6 +32,7 @@ from libtraffic.utils import paths
 from libtraffic.utils.device import get_device
 from libtraffic.utils.errors import LibTrafficError
 from libtraffic.utils.progress import duration, progress_bar
+from libtraffic.utils.safe_write import write_atomically
 
 class TrainingDiverged(LibTrafficError):
     """The loss or the predictions became NaN/inf; the run stops instead of scoring garbage."""
@@ -133,7 +135,9 @@ class TrafficStateExecutor:
     def save_model(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(dict(state) if state is not None else self.state(self.start_epoch - 1), path)
+        buffer = io.BytesIO()  # written whole, then renamed: a full disk never leaves a truncated checkpoint
+        torch.save(dict(state) if state is not None else self.state(self.start_epoch - 1), buffer)
+        write_atomically(path, [buffer.getbuffer()])
         self.logger.info("Saved model at %s", path)
 
     def read_checkpoint(self, path: Path, what: str, fix: str) -> dict[str, Any]:
@@ -500,11 +504,12 @@ class TrafficStateExecutor:
         y_pred, y_true = self._predict(test_loader)
         folder = paths.evaluate_cache_dir(self.exp_id)
         folder.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
-        name = f"{stamp}_{self.config['model']}_{self.config['dataset']}"
+        name = self.evaluator.reserve_name(folder)
         if self.config["save_predictions"]:
             # Uncompressed: compressing these float arrays took ~5 s at METR_LA size and saved little.
-            np.savez(folder / f"{name}_predictions.npz", prediction=y_pred.numpy(), truth=y_true.numpy())
+            buffer = io.BytesIO()
+            np.savez(buffer, prediction=y_pred.numpy(), truth=y_true.numpy())
+            write_atomically(folder / f"{name}_predictions.npz", [buffer.getbuffer()])
         self.evaluator.clear()
         self.evaluator.collect({"y_true": y_true, "y_pred": y_pred})
         result = self.evaluator.evaluate()

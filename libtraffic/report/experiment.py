@@ -9,6 +9,7 @@ collected in ``notes`` so the report can say so instead of failing.
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -169,6 +170,40 @@ def _read_dataset_facts(exp: Experiment) -> None:
             exp.geo_ids = None  # an unreadable .geo only costs the sensor names
 
 
+def _read_metrics(exp: Experiment, path: Path) -> pd.DataFrame | None:
+    """The test metrics table (horizons x metrics), or None with a note naming a damaged file."""
+    try:
+        table = pd.read_csv(path, index_col=0)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        exp.notes.append(f"The test metrics file {path} is damaged ({type(err).__name__}: {err}); no test metrics shown.")
+        return None
+    numeric = table.select_dtypes("number")
+    if table.empty or numeric.shape != table.shape:
+        exp.notes.append(f"The test metrics file {path} is damaged (no table of numbers per horizon); "
+                         "no test metrics shown.")
+        return None
+    return table
+
+
+def _read_predictions(exp: Experiment, path: Path) -> Predictions | None:
+    """The saved test predictions, or None with a note naming a damaged file (empty, truncated, or
+    without its 'prediction' and 'truth' arrays). Never unpickles: object arrays are refused."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("prediction", "truth") if k not in data.files]
+            if missing:
+                raise ValueError(f"it has no {' or '.join(missing)} array")
+            prediction, truth = data["prediction"], data["truth"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        exp.notes.append(f"The predictions file {path} is damaged ({err}); no prediction figure.")
+        return None
+    if prediction.shape != truth.shape:
+        exp.notes.append(f"The predictions file {path} is damaged (prediction {prediction.shape} and truth "
+                         f"{truth.shape} differ); no prediction figure.")
+        return None
+    return Predictions(prediction, truth, path)
+
+
 def load_experiment(exp_id: str | int) -> Experiment:
     """Read whatever the experiment folder holds; raises LibTrafficError if there is nothing to show."""
     folder = paths.experiment_dir(exp_id)
@@ -189,14 +224,14 @@ def load_experiment(exp_id: str | int) -> Experiment:
     evaluate = paths.evaluate_cache_dir(exp_id)
     exp.metrics_path = _newest(evaluate, "*.csv")
     if exp.metrics_path is not None:
-        exp.metrics = pd.read_csv(exp.metrics_path, index_col=0)
+        exp.metrics = _read_metrics(exp, exp.metrics_path)
     else:
         exp.notes.append(f"No test metrics in {evaluate} (the best model was not evaluated).")
     npz = _newest(evaluate, "*_predictions.npz")
     if npz is not None:
-        with np.load(npz) as data:
-            exp.predictions = Predictions(data["prediction"], data["truth"], npz)
+        exp.predictions = _read_predictions(exp, npz)
     _read_dataset_facts(exp)
     if not exp.trials and exp.metrics is None:
-        raise LibTrafficError(f"{folder} holds neither {RESULTS_JSON} nor test metrics: nothing to report.")
+        raise LibTrafficError(f"{folder} holds neither {RESULTS_JSON} nor test metrics: nothing to report."
+                              + "".join(f"\n{note}" for note in exp.notes if "damaged" in note))
     return exp

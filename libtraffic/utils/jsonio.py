@@ -15,13 +15,23 @@ def load_json(path: Path, what: str) -> Any:
     ``what`` describes the file for the message ("config file", "dataset config").
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except FileNotFoundError as err:
         raise LibTrafficError(f"The {what} {path} does not exist.") from err
     except OSError as err:
         raise LibTrafficError(f"Cannot read the {what} {path}: {err.strerror}.") from err
     try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is accepted
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise LibTrafficError(
+            f"The {what} {path} is not UTF-8 text: byte 0x{raw[err.start]:02x} at line {line} cannot be decoded. "
+            "JSON files must be UTF-8; save it again as UTF-8 (e.g. an accented letter written by a Latin-1 editor)."
+        ) from err
+    try:
         return json.loads(text)
+    except RecursionError as err:
+        raise LibTrafficError(f"The {what} {path} is nested too deeply to be read as JSON.") from err
     except json.JSONDecodeError as err:
         lines = text.splitlines()
         shown = lines[err.lineno - 1] if 0 < err.lineno <= len(lines) else ""

@@ -9,12 +9,17 @@ distances_bay_2017.csv (from,to,cost in metres) and adj_mx[_bay].pkl.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import contextlib
+import io
+import pickle
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import tables
 
 from libtraffic.data.atomic_writer import DISTANCE_KERNEL
 from libtraffic.data.convert.adj_pickle import read_adj_pickle
@@ -48,10 +53,72 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adj_mx", metavar="FILE", help="adj_mx[_bay].pkl: edges with DCRNN's weights as they are")
 
 
-def read_h5(path: Path) -> pd.DataFrame:
-    """The DataFrame of a pandas HDF5 file (key 'df', or its only key)."""
+# Python names a pandas HDF5 file may be unpickled into: a DatetimeIndex's frequency (Minute, ...).
+_SAFE_PICKLE_MODULES = ("pandas._libs.tslibs.offsets", "pandas.tseries.offsets")
+
+
+class _OffsetsOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, refused: list[str], **kwargs: Any) -> None:
+        super().__init__(io.BytesIO(data), **kwargs)
+        self.refused = refused
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: ANN401 - pickle's signature
+        if module.startswith(_SAFE_PICKLE_MODULES):
+            return super().find_class(module, name)
+        self.refused.append(f"{module}.{name}")
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+
+
+class _RestrictedPickle:
+    """Stands in for the pickle module inside PyTables while an h5 file is read: PyTables unpickles
+    every attribute of a node it opens and every value of an object column, and a pandas HDF5
+    file can name any Python callable there. Only pandas' time offsets are admitted; every other
+    name is recorded in ``refused`` and never imported."""
+
+    UnpicklingError = pickle.UnpicklingError
+
+    def __init__(self) -> None:
+        self.refused: list[str] = []
+
+    def loads(self, data: bytes, **kwargs: Any) -> Any:  # noqa: ANN401
+        return _OffsetsOnlyUnpickler(bytes(data), self.refused, **kwargs).load()
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - the rest of the pickle module
+        return getattr(pickle, name)
+
+
+@contextlib.contextmanager
+def _no_code_from_pickles(path: Path) -> Iterator[None]:
+    """Read ``path`` with PyTables' unpickling restricted; refuse the file if it named anything else."""
+    guard = _RestrictedPickle()
+    modules = (tables.attributeset, tables.atom)
+    saved = [module.pickle for module in modules]
+    for module in modules:
+        module.pickle = guard
+    failure: BaseException | None = None
     try:
-        with pd.HDFStore(path, mode="r") as store:
+        with warnings.catch_warnings():  # PyTables warns for each attribute it could not unpickle
+            warnings.simplefilter("ignore")
+            yield
+    except Exception as err:  # what pandas makes of an attribute left as raw bytes
+        if not guard.refused:
+            raise
+        failure = err
+    finally:
+        for module, original in zip(modules, saved):
+            module.pickle = original
+    if guard.refused:
+        raise LibTrafficError(
+            f"{path} holds pickled Python objects (an object column, or an attribute) that would import "
+            f"{guard.refused[0]}: unpickling them could run code, so the file is refused. DCRNN's metr-la.h5 holds numbers only; write the table again with "
+            "pandas from numeric columns (df.astype('float64').to_hdf(...)).") from failure
+
+
+def read_h5(path: Path) -> pd.DataFrame:
+    """The DataFrame of a pandas HDF5 file (key 'df', or its only key), refused if reading it
+    would unpickle anything but a time-index frequency."""
+    try:
+        with _no_code_from_pickles(path), pd.HDFStore(path, mode="r") as store:
             keys = store.keys()
             key = "/df" if "/df" in keys else keys[0] if len(keys) == 1 else None
             frame = store[key] if key else None

@@ -91,7 +91,10 @@ def _numbers(column: pd.Series, path: Path, name: str, header: bool) -> np.ndarr
 def read_edges(path: Path) -> Edges:
     """An edge list ``from,to,cost`` (DCRNN's distances_la_2012.csv, ASTGCN's PEMS04.csv), header optional."""
     df, header = _read_table(path, "edges from,to,cost")
-    if df.shape[1] < 3 or not len(df):
+    if not len(df):
+        raise LibTrafficError(f"{path} has no edge rows{' below its header' if header is not None else ''}: it should "
+                              "list from,to,cost (sensor, sensor, distance), one edge per line.")
+    if df.shape[1] < 3:
         raise LibTrafficError(f"{path} should have rows from,to,cost (sensor, sensor, distance); found {df.shape[1]} column(s).")
     return Edges(normalize_ids(df[0], str(path)), normalize_ids(df[1], str(path)),
                  _numbers(df[2], path, "cost", header is not None))
