@@ -40,14 +40,15 @@ class TrafficStatePointDataset:
         return self.prepared
 
     def get_data(self) -> tuple[DataLoader, DataLoader, DataLoader]:
-        """(train, valid, test) loaders; training batches are shuffled with the run's seed."""
+        """(train, valid, test) loaders. Training batches are shuffled and validation draws as if shuffled
+        (LibCity shuffles both), from torch's global generator; validation and test run in time order."""
         p = self.prepare()
         cfg = self.config
         starts = split_indices(p.split, cfg["batch_size"], cfg["pad_with_last_sample"], cfg["eval_pad_with_last_sample"])
         return tuple(
-            make_loader(p.data, idx, p.input_window, p.output_window, cfg["batch_size"], shuffle=i == 0,
-                        num_workers=cfg["num_workers"], seed=cfg["seed"])
-            for i, idx in enumerate(starts)
+            make_loader(p.data, idx, p.input_window, p.output_window, cfg["batch_size"], order,
+                        num_workers=cfg["num_workers"])
+            for order, idx in zip(("shuffled", "time, drawing as shuffled", "time"), starts)
         )
 
     def get_data_feature(self) -> dict[str, Any]:
