@@ -96,6 +96,28 @@ def test_loaders_cut_the_windows_in_order(hand: str) -> None:
     assert sorted(_starts(train)) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10]
 
 
+def test_loaders_draw_from_torch_global_generator_as_libcity(hand: str) -> None:
+    """LibCity's loaders (shuffle=True for train and valid, False for test, no generator) take their
+    order from torch's global generator after the run's seed. Ours give the same training order, pass
+    after pass, and leave the global generator where LibCity's leave it, validating in time order."""
+    train, valid, test = get_dataset(make_config(hand)).get_data()
+    padded = list(range(11)) + [10]  # the training starts, padded to 3 batches of 4
+    libcity = {"train": torch.utils.data.DataLoader(padded, batch_size=BATCH, shuffle=True),
+               "valid": torch.utils.data.DataLoader([11, 12], batch_size=BATCH, shuffle=True),
+               "test": torch.utils.data.DataLoader([13, 14, 15], batch_size=BATCH, shuffle=False)}
+    for seed in (0, 7):
+        torch.manual_seed(seed)
+        ours = [(_starts(train), _starts(valid)) for _ in range(3)] + [_starts(test)]
+        after_ours = torch.get_rng_state()
+        torch.manual_seed(seed)
+        theirs = [([int(s) for b in libcity["train"] for s in b], sorted(int(s) for b in libcity["valid"] for s in b))
+                  for _ in range(3)] + [[int(s) for b in libcity["test"] for s in b]]
+        assert ours == theirs
+        assert torch.equal(after_ours, torch.get_rng_state())
+    assert ours[0][0] != ours[1][0]  # a new order each epoch
+    assert ours[0][1] == [11, 12]  # validation in time order
+
+
 def test_no_padding(hand: str) -> None:
     train, _, test = get_dataset(make_config(hand, pad_with_last_sample=False)).get_data()
     assert [len(b["X"]) for b in train] == [4, 4, 3]

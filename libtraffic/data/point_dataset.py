@@ -55,15 +55,16 @@ class TrafficStatePointDataset:
         return self.prepared
 
     def get_data(self) -> tuple[DataLoader, DataLoader, DataLoader]:
-        """(train, valid, test) loaders; training batches are shuffled with the run's seed."""
+        """(train, valid, test) loaders. Training batches are shuffled and validation draws as if shuffled
+        (LibCity shuffles both), from torch's global generator; validation and test run in time order."""
         p = self.prepare()
         cfg = self.config
         batch_size = self.batch_size()
         starts = split_indices(p.split, batch_size, cfg["pad_with_last_sample"], cfg["eval_pad_with_last_sample"])
         return tuple(
-            make_loader(p.data, idx, p.input_window, p.output_window, batch_size, shuffle=i == 0,
-                        num_workers=cfg["num_workers"], seed=cfg["seed"])
-            for i, idx in enumerate(starts)
+            make_loader(p.data, idx, p.input_window, p.output_window, batch_size, order,
+                        num_workers=cfg["num_workers"])
+            for order, idx in zip(("shuffled", "time, drawing as shuffled", "time"), starts)
         )
 
     def batch_size(self) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 SECONDS_PER_DAY = 86400
 
@@ -101,14 +101,36 @@ def _as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
+class TimeOrderSampler(Sampler[int]):
+    """Samples 0 .. n-1 in time order; each pass first takes one number from torch's global generator,
+    as a shuffling loader does. LibCity shuffles its validation batches: taking the same draw keeps
+    torch's global random stream (dropout, the next epoch's training order) where LibCity's is, while
+    our validation runs in time order."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        torch.empty((), dtype=torch.int64).random_()  # RandomSampler's per-pass seed, drawn and unused
+        return iter(range(self.n))
+
+
 def make_loader(
     data: np.ndarray, starts: np.ndarray, input_window: int, output_window: int,
-    batch_size: int, shuffle: bool, num_workers: int, seed: int,
+    batch_size: int, order: str, num_workers: int,
 ) -> DataLoader:
-    """Batches {'X': [B, input_window, N, F], 'y': [B, output_window, N, F]}."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        WindowDataset(data, starts, input_window, output_window),
-        batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-        collate_fn=_as_batch, generator=generator, persistent_workers=num_workers > 0,
-    )
+    """Batches {'X': [B, input_window, N, F], 'y': [B, output_window, N, F]}.
+
+    ``order``: 'shuffled' (a new permutation each pass), 'time' or 'time, drawing as shuffled'
+    (TimeOrderSampler). Like LibCity's loaders, every random number comes from torch's global
+    generator (seeded by the run's seed), so a seed gives LibCity's training order, and resuming
+    restores the order with torch's random state.
+    """
+    dataset = WindowDataset(data, starts, input_window, output_window)
+    samplers = {"shuffled": RandomSampler, "time": SequentialSampler,
+                "time, drawing as shuffled": lambda ds: TimeOrderSampler(len(ds))}
+    return DataLoader(dataset, batch_size=batch_size, sampler=samplers[order](dataset), num_workers=num_workers,
+                      collate_fn=_as_batch, persistent_workers=num_workers > 0)
