@@ -4,6 +4,7 @@ help that loads neither torch nor Ray."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,14 @@ def test_help_loads_neither_torch_nor_ray() -> None:
                              env=SUBPROCESS_ENV, cwd=REPO_ROOT, timeout=60)
         assert flag in out.stdout and "SYNTH_LA" in out.stdout
         assert "LOADED []" in out.stdout, out.stdout[-300:]
+
+
+def test_help_shows_every_flags_default() -> None:
+    """Issue 17: each option of both CLIs says its default (argparse's help lists options as '  --flag ...')."""
+    for script in ("hyper_tune.py", "run_model.py"):
+        out = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"], capture_output=True, text=True,
+                             env=SUBPROCESS_ENV, cwd=REPO_ROOT, timeout=60).stdout
+        blocks = re.split(r"\n(?=  --?\w)", out.split("options:", 1)[1])
+        missing = [b.split()[0] for b in blocks if b.strip().startswith("--") and "default" not in b
+                   and not b.strip().startswith("--help")]
+        assert missing == [], f"{script}: {missing}"

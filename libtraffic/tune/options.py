@@ -36,7 +36,7 @@ class TuneOptions:
                                           "the cluster has a GPU, else 0)")
     resume: bool = _option(False, str2bool, "continue the interrupted experiment --exp_id", switch=True)
     dry_run: bool = _option(False, str2bool, "validate and build every corner of the space without training", switch=True)
-    time_budget_s: float | None = _option(None, float, "stop starting/continuing trials after this many seconds")
+    time_budget_s: float | None = _option(None, float, "stop starting/continuing trials after this many seconds (default: no limit)")
     ray_address: str | None = _option(None, str, "Ray cluster to join, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, "
                                       "else a private local instance)")
     storage_path: str | None = _option(None, str, "folder every node sees (NFS) or URI (s3://bucket/path) holding "
