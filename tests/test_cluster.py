@@ -214,7 +214,7 @@ def test_resources_come_from_the_cluster(workdir, cluster):
     """A fractional GPU request runs (on the node with a GPU); an impossible request stops at once."""
     address, _ = cluster
     out, _ = finish(start(workdir, address, "gpu", "grid1", "--max_epoch", "1", "--gpu_per_trial", "0.5",
-                          "--storage_path", str(workdir / "shared")))
+                          "--storage_path", str(workdir / "shared"), "--verbose"))  # Ray's table names the resources
     assert results(workdir, "gpu")[0]["status"] == "DONE" and "0.5/1 GPUs" in out
 
     _, err = finish(start(workdir, address, "cpu2", "grid4", "--cpu_per_trial", "2"), 2)

@@ -7,6 +7,18 @@ import numpy as np
 from libtraffic.utils.errors import LibTrafficError
 
 
+def check_options(set_weight_link_or_dist: str, init_weight_inf_or_zero: str) -> tuple[str, str]:
+    """The two adjacency options, lower-cased (empty: LibCity's defaults link / zero); a misspelt one
+    is a settings mistake, refused for every model (whether or not it reads the graph)."""
+    mode = set_weight_link_or_dist.lower() or "link"
+    init = init_weight_inf_or_zero.lower() or "zero"
+    if mode not in ("link", "dist"):
+        raise LibTrafficError(f"set_weight_link_or_dist must be 'link' or 'dist', got {set_weight_link_or_dist!r}.")
+    if init not in ("inf", "zero"):
+        raise LibTrafficError(f"init_weight_inf_or_zero must be 'inf' or 'zero', got {init_weight_inf_or_zero!r}.")
+    return mode, init
+
+
 def build_adjacency(
     num_nodes: int, origin: np.ndarray, dest: np.ndarray, weights: np.ndarray | None,
     init_weight_inf_or_zero: str, set_weight_link_or_dist: str, bidir_adj_mx: bool,
@@ -18,12 +30,7 @@ def build_adjacency(
     'inf' (and 'dist') absent pairs start at +inf, else 0. calculate_weight_adj applies the
     Gaussian kernel exp(-(d / std)^2) over the finite entries and zeroes values below epsilon.
     """
-    mode = set_weight_link_or_dist.lower() or "link"
-    init = init_weight_inf_or_zero.lower() or "zero"
-    if mode not in ("link", "dist"):
-        raise LibTrafficError(f"set_weight_link_or_dist must be 'link' or 'dist', got {set_weight_link_or_dist!r}.")
-    if init not in ("inf", "zero"):
-        raise LibTrafficError(f"init_weight_inf_or_zero must be 'inf' or 'zero', got {init_weight_inf_or_zero!r}.")
+    mode, init = check_options(set_weight_link_or_dist, init_weight_inf_or_zero)
     if mode == "dist" and weights is None:
         raise LibTrafficError("set_weight_link_or_dist is 'dist' but the .rel file has no weight column (weight_col).")
     fill = np.inf if init == "inf" and mode == "dist" else 0.0

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from libtraffic.data import atomic_reader
-from libtraffic.data.adjacency import build_adjacency
+from libtraffic.data.adjacency import build_adjacency, check_options as check_adjacency_options
 from libtraffic.data.scalers import NoneScaler, get_scaler, scaler_from_state, scaler_state
 from libtraffic.data.windows import day_in_week, num_samples, split_sizes, time_in_day, window_counts
 from libtraffic.utils import paths
@@ -235,6 +235,7 @@ def from_raw(raw: RawData, config: Mapping[str, Any]) -> PreparedData:
         ext_scaler = _fit(get_scaler(config["ext_scaler"], "ext_scaler"), data[..., output_dim:], split[0], config)
         data[..., output_dim:] = ext_scaler.transform(data[..., output_dim:].astype(np.float64))
     adj_problem = ""
+    check_adjacency_options(config["set_weight_link_or_dist"], config["init_weight_inf_or_zero"])
     try:
         adj = build_adjacency(
             raw.num_nodes, raw.origin, raw.dest, raw.weights, config["init_weight_inf_or_zero"],

@@ -162,7 +162,11 @@ def dry_run(run: TuneRun, problems: Problems, check_exp_id: Callable[[], None]) 
         print(f"Dry run: space file {space.path} is valid for --search_alg {options.search_alg}; {trials} trial(s) "
               f"would run{finals}. Sampled configurations:")
     for i, sampled in enumerate(space.sample(rng, min(trials, 5))):
-        trial = config.with_overrides(sampled)
+        try:
+            trial = config.with_overrides(sampled)
+        except LibTrafficError:  # a value out of its range: listed with the other problems below
+            print(f"  [{i}] sampled {sampled}")
+            continue
         shown = {k: trial[k] for k in ("model", "dataset", "hidden_size", "num_layers", "dropout", "learning_rate",
                                        "max_epoch", "batch_size", "input_window", "output_window", "scaler") if k in trial}
         print(f"  [{i}] sampled {sampled}\n      resolved {shown | sampled}")

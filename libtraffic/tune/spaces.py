@@ -367,11 +367,7 @@ def read_search_space(name: str, config: ConfigParser, search_alg: str) -> tuple
     """Read a space file and check every entry and field: the space of the valid entries, and every problem
     found (for --dry_run, which lists them all). A file that cannot be read or is not an object raises."""
     path = find_space_file(name)
-    try:
-        raw = load_json(path, "space file")
-    except RecursionError as err:  # Python's JSON parser recurses once per level
-        raise LibTrafficError(f"{path} is nested too deeply to read: a space file maps each parameter to one flat "
-                              'entry such as {"hidden_size": {"type": "choice", "list": [32, 64]}}.') from err
+    raw = load_json(path, "space file")  # also refuses a file nested too deeply for Python's parser
     if not isinstance(raw, dict) or not raw:
         raise LibTrafficError(f"{path} must be a non-empty JSON object mapping parameter names to entries.")
     known = config.known_keys()
