@@ -127,7 +127,7 @@ def test_hand_written_backward_is_the_gradient() -> None:
               torch.randn(channels + hidden, hidden, generator=g, dtype=torch.float64),
               torch.randn(hidden, generator=g, dtype=torch.float64)]
     inputs = [t.requires_grad_() for t in inputs]
-    assert torch.autograd.gradcheck(lambda *a: GraphGRU.apply(*a, sparse, sparse_t), inputs)
+    assert torch.autograd.gradcheck(lambda *a: GraphGRU.apply(*a, sparse, sparse_t, []), inputs)
 
 
 def test_model_gradients_equal_autograd_through_the_numpy_math() -> None:
@@ -158,6 +158,25 @@ def test_model_gradients_equal_autograd_through_the_numpy_math() -> None:
     loss.backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, params[name].grad, rtol=1e-5, atol=1e-8, msg=name)  # S is float32
+
+
+def test_passes_alive_at_once_keep_their_own_buffers() -> None:
+    """Two forward passes before their backward passes, and a third after them (which reuses a
+    finished pass's buffers): each gradient is the one of its batch alone."""
+    model = make_tgcn(5, rnn_units=4, input_window=3, output_window=2)
+    g = torch.Generator().manual_seed(11)
+    batches = [{"X": torch.randn(3, 3, 5, 1, generator=g), "y": torch.randn(3, 2, 5, 1, generator=g)} for _ in range(2)]
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        return [t.clone() for t in torch.autograd.grad(loss, list(model.parameters()))]
+
+    alone = [grads(model.calculate_loss(b)) for b in batches]
+    first, second = (model.calculate_loss(b) for b in batches)
+    for expected, got in zip(alone, (grads(first), grads(second))):
+        for e, t in zip(expected, got):
+            torch.testing.assert_close(t, e, rtol=0, atol=0)
+    for e, t in zip(alone[0], grads(model.calculate_loss(batches[0]))):
+        torch.testing.assert_close(t, e, rtol=0, atol=0)
 
 
 def test_loss_is_libcitys_squared_error_plus_l2_in_real_units() -> None:

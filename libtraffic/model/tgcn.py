@@ -59,6 +59,8 @@ class TGCNCell(nn.Module):
         self.bias_1 = nn.Parameter(torch.zeros(num_units))
         nn.init.xavier_normal_(self.weights_0)
         nn.init.xavier_normal_(self.weights_1)
+        self._spare: list[Workspace] = []  # buffers of the last training pass, for the next
+        self._eval_work = Workspace()
 
     def run(self, inputs: Tensor) -> Tensor:
         """The cell over a sequence from h = 0: inputs [T, N, B, C] -> the last state [N, B, H]."""
@@ -66,12 +68,27 @@ class TGCNCell(nn.Module):
         # S x_t for all steps at once (the input's share of both convolutions): [T, N*B, C].
         mixed = torch.mm(self.support, inputs.permute(1, 0, 2, 3).reshape(nodes, -1))  # [N, T*B*C]
         mixed = mixed.view(nodes, steps, batch * channels).transpose(0, 1).reshape(steps, nodes * batch, channels)
-        args = (mixed, self.weights_0, self.bias_0, self.weights_1, self.bias_1, self.support, self.support_t)
+        args = (mixed, self.weights_0, self.bias_0, self.weights_1, self.bias_1, self.support)
         if torch.is_grad_enabled() and any(a.requires_grad for a in args[:5]):
-            state = GraphGRU.apply(*args)
+            state = GraphGRU.apply(*args, self.support_t, self._spare)
         else:
-            state = graph_gru_forward(*args[:6], keep=False)[0]
+            state = graph_gru_forward(*args, keep=False, work=self._eval_work)[0].clone()
         return state.view(nodes, batch, self.num_units)
+
+
+class Workspace:
+    """Named buffers kept from one pass to the next: allocating the recurrence's few hundred MB anew
+    for every batch costs a page fault per 4 kB, which is more than some of the steps' arithmetic."""
+
+    def __init__(self, buffers: dict[str, Tensor] | None = None) -> None:
+        self.buffers = dict(buffers or {})
+
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """The buffer ``name`` of ``shape`` with ``like``'s dtype and device (contents undefined)."""
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self.buffers[name] = like.new_empty(shape)
+        return buffer
 
 
 def _mix(support: Tensor, z: Tensor, out: Tensor, accumulate: bool = False) -> Tensor:
@@ -85,22 +102,22 @@ def _mix(support: Tensor, z: Tensor, out: Tensor, accumulate: bool = False) -> T
 
 
 def graph_gru_forward(mixed: Tensor, weights_0: Tensor, bias_0: Tensor, weights_1: Tensor, bias_1: Tensor,
-                      support: Tensor, keep: bool) -> tuple[Tensor, dict[str, Tensor]]:
+                      support: Tensor, keep: bool, work: Workspace) -> tuple[Tensor, dict[str, Tensor]]:
     """The recurrence from h_0 = 0 over node-major rows (n, b); returns h_T [N*B, H] and, with
     ``keep``, what the backward pass needs (every step's state, gates, candidate, mixed states).
 
     mixed [T, N*B, C]: S x_t. With m = S h and the weights' rows split into input (x) and state (h):
     z = sigmoid(S x_t W0x + m W0h + b0) = [r, u];  q = S (r h);  c = tanh(S x_t W1x + q W1h + b1);
-    h' = u h + (1 - u) c. Buffers are allocated once; the steps write into them.
+    h' = u h + (1 - u) c. The steps write into buffers from ``work``.
     """
     steps, rows, channels = mixed.shape
     hidden = bias_1.shape[0]
     w0x, w0h, w1x, w1h = weights_0[:channels], weights_0[channels:], weights_1[:channels], weights_1[channels:]
     slots = steps if keep else 1
-    new = mixed.new_empty
-    states = new(steps + 1 if keep else 2, rows, hidden)  # h_0 .. h_T (or two in turn)
-    gates, cands = new(slots, rows, 2 * hidden), new(slots, rows, hidden)
-    mixed_h, mixed_q = new(slots, rows, hidden), new(slots, rows, hidden)  # S h, S (r h); unused at t = 0
+    states = work.get("states", (steps + 1 if keep else 2, rows, hidden), mixed)  # h_0 .. h_T (or two in turn)
+    gates, cands = work.get("gates", (slots, rows, 2 * hidden), mixed), work.get("cands", (slots, rows, hidden), mixed)
+    mixed_h = work.get("mixed_h", (slots, rows, hidden), mixed)  # S h; unused at t = 0
+    mixed_q = work.get("mixed_q", (slots, rows, hidden), mixed)  # S (r h); unused at t = 0
     states[0].zero_()
     for t in range(steps):
         i = t if keep else 0
@@ -119,16 +136,17 @@ def graph_gru_forward(mixed: Tensor, weights_0: Tensor, bias_0: Tensor, weights_
 
 
 def graph_gru_backward(grad: Tensor, mixed: Tensor, weights_0: Tensor, weights_1: Tensor, support_t: Tensor,
-                       saved: dict[str, Tensor], input_grad: bool) -> tuple[Tensor | None, ...]:
+                       saved: dict[str, Tensor], input_grad: bool, work: Workspace) -> tuple[Tensor | None, ...]:
     """Back-propagation through time of graph_gru_forward: from the gradient of h_T [N*B, H], the
-    gradients of mixed (when ``input_grad``), weights_0, bias_0, weights_1 and bias_1."""
+    gradients of mixed (when ``input_grad``), weights_0, bias_0, weights_1 and bias_1. Scratch
+    buffers come from ``work``."""
     states, gates, cands = saved["states"], saved["gates"], saved["cands"]
     steps, rows, hidden = cands.shape
     channels = mixed.shape[-1]
     w0h, w1h = weights_0[channels:], weights_1[channels:]
-    d_r, d_u, d_c = (torch.empty_like(cands) for _ in range(3))  # per step, before the activations
-    dh, dh_prev = grad.clone(), torch.empty_like(grad)
-    scratch, d_mixed = torch.empty_like(grad), torch.empty_like(grad)
+    d_r, d_u, d_c = (work.get(name, cands.shape, cands) for name in ("d_r", "d_u", "d_c"))  # before activations
+    dh, dh_prev, scratch, d_mixed = (work.get(name, grad.shape, grad) for name in ("dh", "dh_prev", "scratch", "d_mixed"))
+    dh.copy_(grad)
     for t in reversed(range(steps)):
         h, z, cand = states[t], gates[t], cands[t]
         r, u = z[:, :hidden], z[:, hidden:]
@@ -168,23 +186,31 @@ def graph_gru_backward(grad: Tensor, mixed: Tensor, weights_0: Tensor, weights_1
 
 
 class GraphGRU(torch.autograd.Function):
-    """graph_gru_forward with its hand-written backward pass (one set of buffers, no autograd graph
-    per step)."""
+    """graph_gru_forward with its hand-written backward pass (no autograd graph per step). ``spare``
+    holds the workspace of the last finished pass: a pass takes it and gives it back after its
+    backward, so two passes alive at once never share buffers."""
 
     @staticmethod
     def forward(ctx: Any, mixed: Tensor, weights_0: Tensor, bias_0: Tensor, weights_1: Tensor, bias_1: Tensor,
-                support: Tensor, support_t: Tensor) -> Tensor:
-        state, saved = graph_gru_forward(mixed, weights_0, bias_0, weights_1, bias_1, support, keep=True)
-        ctx.names = list(saved)
-        ctx.save_for_backward(mixed, weights_0, weights_1, support_t, *saved.values())  # freed after backward
+                support: Tensor, support_t: Tensor, spare: list[Workspace]) -> Tensor:
+        work = spare.pop() if spare else Workspace()
+        state, saved = graph_gru_forward(mixed, weights_0, bias_0, weights_1, bias_1, support, keep=True, work=work)
+        ctx.names, ctx.spare = list(saved), spare
+        # The saved buffers through save_for_backward (freed after backward, and any later write to
+        # them is caught); the backward pass's own buffers as they are (the output is not among them).
+        ctx.scratch = {k: v for k, v in work.buffers.items() if k not in saved}
+        ctx.save_for_backward(mixed, weights_0, weights_1, support_t, *saved.values())
         return state
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         mixed, weights_0, weights_1, support_t, *saved = ctx.saved_tensors
-        grads = graph_gru_backward(grad.contiguous(), mixed, weights_0, weights_1, support_t,
-                                   dict(zip(ctx.names, saved)), ctx.needs_input_grad[0])
-        return (*grads, None, None)
+        saved = dict(zip(ctx.names, saved))
+        work = Workspace({**saved, **ctx.scratch})
+        grads = graph_gru_backward(grad.contiguous(), mixed, weights_0, weights_1, support_t, saved,
+                                   ctx.needs_input_grad[0], work)
+        ctx.spare[:] = [work]
+        return (*grads, None, None, None)
 
 
 class TGCN(TrafficStateModel):
