@@ -144,13 +144,15 @@ def graph_gru_backward(grad: Tensor, mixed: Tensor, weights_0: Tensor, weights_1
     steps, rows, hidden = cands.shape
     channels = mixed.shape[-1]
     w0h, w1h = weights_0[channels:], weights_1[channels:]
-    d_r, d_u, d_c = (work.get(name, cands.shape, cands) for name in ("d_r", "d_u", "d_c"))  # before activations
+    # Per step, before the activations: d_gates = [dL/dr, dL/du], d_cands = dL/dc.
+    d_gates, d_cands = work.get("d_gates", gates.shape, gates), work.get("d_cands", cands.shape, cands)
     dh, dh_prev, scratch, d_mixed = (work.get(name, grad.shape, grad) for name in ("dh", "dh_prev", "scratch", "d_mixed"))
     dh.copy_(grad)
     for t in reversed(range(steps)):
         h, z, cand = states[t], gates[t], cands[t]
         r, u = z[:, :hidden], z[:, hidden:]
-        dr, du, dc = d_r[t], d_u[t], d_c[t]
+        dz, dc = d_gates[t], d_cands[t]
+        dr, du = dz[:, :hidden], dz[:, hidden:]
         torch.sub(h, cand, out=du).mul_(dh)                # dL/du = dh (h - c)
         torch.mul(dh, u, out=dh_prev)                      # through u h
         torch.sub(dh, dh_prev, out=dc)                     # dL/dc = dh (1 - u)
@@ -164,25 +166,20 @@ def graph_gru_backward(grad: Tensor, mixed: Tensor, weights_0: Tensor, weights_1
         torch.mul(d_mixed, h, out=dr)                      # dL/dr
         dh_prev.addcmul_(d_mixed, r)                       # through r h
         dr.mul_(r).addcmul_(dr, r, value=-1)               # through sigmoid
-        torch.mm(dr, w0h[:, :hidden].t(), out=scratch).addmm_(du, w0h[:, hidden:].t())
+        torch.mm(dz, w0h.t(), out=scratch)
         _mix(support_t, scratch, dh_prev, accumulate=True)  # through S h
         dh, dh_prev = dh_prev, dh
-    # Every step's share of the weight gradients in one product per block (the state rows get
-    # nothing from step 0, where h = 0).
-    x_all = mixed.reshape(-1, channels).t()
-    m_all = saved["mixed_h"][1:].reshape(-1, hidden).t()
-    q_all = saved["mixed_q"][1:].reshape(-1, hidden).t()
-    flat = [d.reshape(-1, hidden) for d in (d_r, d_u, d_c)]
-    late = [d[1:].reshape(-1, hidden) for d in (d_r, d_u, d_c)]
-    d_w0 = torch.cat([torch.cat([x_all @ flat[0], x_all @ flat[1]], 1), torch.cat([m_all @ late[0], m_all @ late[1]], 1)])
-    d_w1 = torch.cat([x_all @ flat[2], q_all @ late[2]])
-    d_b0 = torch.cat([flat[0].sum(0), flat[1].sum(0)])
-    d_b1 = flat[2].sum(0)
+    # Every step's share of the weight gradients in one product per block: the input rows and the
+    # bias (a column of ones beside S x) over all steps, the state rows over steps 1.. (h_0 = 0).
+    x_one = torch.cat([mixed.reshape(-1, channels), mixed.new_ones(steps * rows, 1)], 1).t()  # [C+1, T*N*B]
+    flat_gates, flat_cands = d_gates.view(-1, 2 * hidden), d_cands.view(-1, hidden)
+    x_gates, x_cands = x_one @ flat_gates, x_one @ flat_cands  # [C+1, 2H], [C+1, H]
+    d_w0 = torch.cat([x_gates[:channels], saved["mixed_h"][1:].reshape(-1, hidden).t() @ d_gates[1:].view(-1, 2 * hidden)])
+    d_w1 = torch.cat([x_cands[:channels], saved["mixed_q"][1:].reshape(-1, hidden).t() @ d_cands[1:].view(-1, hidden)])
     d_x = None
     if input_grad:
-        w0x, w1x = weights_0[:channels], weights_1[:channels]
-        d_x = (flat[0] @ w0x[:, :hidden].t() + flat[1] @ w0x[:, hidden:].t() + flat[2] @ w1x.t()).view_as(mixed)
-    return d_x, d_w0, d_b0, d_w1, d_b1
+        d_x = (flat_gates @ weights_0[:channels].t()).addmm_(flat_cands, weights_1[:channels].t()).view_as(mixed)
+    return d_x, d_w0, x_gates[channels], d_w1, x_cands[channels]
 
 
 class GraphGRU(torch.autograd.Function):
