@@ -179,6 +179,24 @@ def test_passes_alive_at_once_keep_their_own_buffers() -> None:
         torch.testing.assert_close(t, e, rtol=0, atol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_gives_the_cpus_outputs_and_gradients() -> None:
+    """Everything the model makes lives on its device (the sparse graph, the workspaces)."""
+    model = make_tgcn(5, 2, rnn_units=4, input_window=3, output_window=2)
+    batch = {"X": torch.randn(3, 3, 5, 2), "y": torch.randn(3, 2, 5, 1)}
+    cpu_loss = model.calculate_loss(batch)
+    cpu_grads = torch.autograd.grad(cpu_loss, list(model.parameters()))
+    model.cuda()
+    gpu_batch = {k: v.cuda() for k, v in batch.items()}
+    gpu_loss = model.calculate_loss(gpu_batch)
+    gpu_grads = torch.autograd.grad(gpu_loss, list(model.parameters()))
+    torch.testing.assert_close(gpu_loss.cpu(), cpu_loss, rtol=1e-4, atol=1e-5)
+    for c, g in zip(cpu_grads, gpu_grads):
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(gpu_batch).cpu(), model.cpu()(batch), rtol=1e-4, atol=1e-5)
+
+
 def test_loss_is_libcitys_squared_error_plus_l2_in_real_units() -> None:
     """(||y - y_hat||^2 / 2 + lambda * sum ||p||^2 / 2) / (number of predictions), after inverse scaling."""
     scaler = NormalScaler().fit(np.array([[0.0], [70.0]]))  # values / 70

@@ -18,11 +18,13 @@ M = B * output_window * N * output_dim predictions:
 
 The math and the parameters (names, shapes, creation order) are LibCity's; the arrangement is
 ours, for speed (the numbers agree to float rounding):
-  * S is a dense buffer built once; tensors are node-major [N, B, C], so S z is one [N, N] x
-    [N, B*C] product with no permutes inside the recurrence;
-  * the graph convolution is linear, so the input's share of both convolutions (S x_t) W_x + b
-    is computed for all steps at once before the recurrence; each step convolves only the state;
-  * the first step starts from h = 0, whose convolution is 0, so it multiplies nothing by S.
+  * S and S^T are sparse (a sensor has a few neighbours) and built once; tensors are node-major
+    [N, B, C], so S z is one sparse [N, N] x [N, B*C] product with no permutes in the recurrence;
+  * the graph convolution is linear, so the input's share (S x_t) is mixed for all steps at once
+    and each step mixes only the state; the first step starts from h = 0 and mixes nothing;
+  * the recurrence is one autograd Function with a hand-written backward pass: each step writes
+    into buffers kept from one batch to the next (no allocation, no autograd graph per step), and
+    the weight gradients of all steps are a few long matrix products at the end.
 """
 
 from __future__ import annotations
