@@ -5,6 +5,7 @@ checked end to end in test_libcity_checkpoints.py."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -161,22 +162,23 @@ def test_model_gradients_equal_autograd_through_the_numpy_math() -> None:
 
 
 def test_passes_alive_at_once_keep_their_own_buffers() -> None:
-    """Two forward passes before their backward passes, and a third after them (which reuses a
-    finished pass's buffers): each gradient is the one of its batch alone."""
+    """Two forward passes before their backward passes, then passes that reuse a finished pass's
+    buffers with a smaller and a larger batch: each gradient is that of a fresh model on its batch."""
     model = make_tgcn(5, rnn_units=4, input_window=3, output_window=2)
     g = torch.Generator().manual_seed(11)
-    batches = [{"X": torch.randn(3, 3, 5, 1, generator=g), "y": torch.randn(3, 2, 5, 1, generator=g)} for _ in range(2)]
+    batches = [{"X": torch.randn(size, 3, 5, 1, generator=g), "y": torch.randn(size, 2, 5, 1, generator=g)}
+               for size in (3, 2, 4)]
 
-    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
-        return [t.clone() for t in torch.autograd.grad(loss, list(model.parameters()))]
+    def grads(net: TGCN, loss: torch.Tensor) -> list[torch.Tensor]:
+        return [t.clone() for t in torch.autograd.grad(loss, list(net.parameters()))]
 
-    alone = [grads(model.calculate_loss(b)) for b in batches]
-    first, second = (model.calculate_loss(b) for b in batches)
-    for expected, got in zip(alone, (grads(first), grads(second))):
-        for e, t in zip(expected, got):
+    alone = [grads(fresh, fresh.calculate_loss(b)) for b, fresh in zip(batches, (copy.deepcopy(model) for _ in batches))]
+    first, second = (model.calculate_loss(b) for b in batches[:2])
+    got = [grads(model, first), grads(model, second)]
+    got += [grads(model, model.calculate_loss(b)) for b in (batches[1], batches[2], batches[0])]
+    for expected, actual in zip([alone[0], alone[1], alone[1], alone[2], alone[0]], got, strict=True):
+        for e, t in zip(expected, actual):
             torch.testing.assert_close(t, e, rtol=0, atol=0)
-    for e, t in zip(alone[0], grads(model.calculate_loss(batches[0]))):
-        torch.testing.assert_close(t, e, rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -29,6 +29,7 @@ ours, for speed (the numbers agree to float rounding):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,15 +83,16 @@ class Workspace:
     """Named buffers kept from one pass to the next: allocating the recurrence's few hundred MB anew
     for every batch costs a page fault per 4 kB, which is more than some of the steps' arithmetic."""
 
-    def __init__(self, buffers: dict[str, Tensor] | None = None) -> None:
-        self.buffers = dict(buffers or {})
+    def __init__(self) -> None:
+        self.buffers: dict[str, Tensor] = {}  # flat
 
     def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """The buffer ``name`` of ``shape`` with ``like``'s dtype and device (contents undefined)."""
-        buffer = self.buffers.get(name)
-        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = self.buffers[name] = like.new_empty(shape)
-        return buffer
+        """The buffer ``name`` of ``shape`` with ``like``'s dtype and device (contents undefined): the
+        front of the buffer kept under that name when it is large enough (a smaller last batch)."""
+        buffer, size = self.buffers.get(name), math.prod(shape)
+        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self.buffers[name] = like.new_empty(size)
+        return buffer[:size].view(shape)
 
 
 def _mix(support: Tensor, z: Tensor, out: Tensor, accumulate: bool = False) -> Tensor:
@@ -194,21 +196,17 @@ class GraphGRU(torch.autograd.Function):
                 support: Tensor, support_t: Tensor, spare: list[Workspace]) -> Tensor:
         work = spare.pop() if spare else Workspace()
         state, saved = graph_gru_forward(mixed, weights_0, bias_0, weights_1, bias_1, support, keep=True, work=work)
-        ctx.names, ctx.spare = list(saved), spare
-        # The saved buffers through save_for_backward (freed after backward, and any later write to
-        # them is caught); the backward pass's own buffers as they are (the output is not among them).
-        ctx.scratch = {k: v for k, v in work.buffers.items() if k not in saved}
+        ctx.names, ctx.spare, ctx.work = list(saved), spare, work
+        # The saved buffers also through save_for_backward, so that any later write to them is caught.
         ctx.save_for_backward(mixed, weights_0, weights_1, support_t, *saved.values())
         return state
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         mixed, weights_0, weights_1, support_t, *saved = ctx.saved_tensors
-        saved = dict(zip(ctx.names, saved))
-        work = Workspace({**saved, **ctx.scratch})
-        grads = graph_gru_backward(grad.contiguous(), mixed, weights_0, weights_1, support_t, saved,
-                                   ctx.needs_input_grad[0], work)
-        ctx.spare[:] = [work]
+        grads = graph_gru_backward(grad.contiguous(), mixed, weights_0, weights_1, support_t,
+                                   dict(zip(ctx.names, saved)), ctx.needs_input_grad[0], ctx.work)
+        ctx.spare[:] = [ctx.work]
         return (*grads, None, None, None)
 
 
