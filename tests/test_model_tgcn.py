@@ -5,6 +5,7 @@ checked end to end in test_libcity_checkpoints.py."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def test_hand_written_backward_is_the_gradient() -> None:
               torch.randn(channels + hidden, hidden, generator=g, dtype=torch.float64),
               torch.randn(hidden, generator=g, dtype=torch.float64)]
     inputs = [t.requires_grad_() for t in inputs]
-    assert torch.autograd.gradcheck(lambda *a: GraphGRU.apply(*a, sparse, sparse_t), inputs)
+    assert torch.autograd.gradcheck(lambda *a: GraphGRU.apply(*a, sparse, sparse_t, []), inputs)
 
 
 def test_model_gradients_equal_autograd_through_the_numpy_math() -> None:
@@ -158,6 +159,44 @@ def test_model_gradients_equal_autograd_through_the_numpy_math() -> None:
     loss.backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, params[name].grad, rtol=1e-5, atol=1e-8, msg=name)  # S is float32
+
+
+def test_passes_alive_at_once_keep_their_own_buffers() -> None:
+    """Two forward passes before their backward passes, then passes that reuse a finished pass's
+    buffers with a smaller and a larger batch: each gradient is that of a fresh model on its batch."""
+    model = make_tgcn(5, rnn_units=4, input_window=3, output_window=2)
+    g = torch.Generator().manual_seed(11)
+    batches = [{"X": torch.randn(size, 3, 5, 1, generator=g), "y": torch.randn(size, 2, 5, 1, generator=g)}
+               for size in (3, 2, 4)]
+
+    def grads(net: TGCN, loss: torch.Tensor) -> list[torch.Tensor]:
+        return [t.clone() for t in torch.autograd.grad(loss, list(net.parameters()))]
+
+    alone = [grads(fresh, fresh.calculate_loss(b)) for b, fresh in zip(batches, (copy.deepcopy(model) for _ in batches))]
+    first, second = (model.calculate_loss(b) for b in batches[:2])
+    got = [grads(model, first), grads(model, second)]
+    got += [grads(model, model.calculate_loss(b)) for b in (batches[1], batches[2], batches[0])]
+    for expected, actual in zip([alone[0], alone[1], alone[1], alone[2], alone[0]], got, strict=True):
+        for e, t in zip(expected, actual):
+            torch.testing.assert_close(t, e, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_gives_the_cpus_outputs_and_gradients() -> None:
+    """Everything the model makes lives on its device (the sparse graph, the workspaces)."""
+    model = make_tgcn(5, 2, rnn_units=4, input_window=3, output_window=2)
+    batch = {"X": torch.randn(3, 3, 5, 2), "y": torch.randn(3, 2, 5, 1)}
+    cpu_loss = model.calculate_loss(batch)
+    cpu_grads = torch.autograd.grad(cpu_loss, list(model.parameters()))
+    model.cuda()
+    gpu_batch = {k: v.cuda() for k, v in batch.items()}
+    gpu_loss = model.calculate_loss(gpu_batch)
+    gpu_grads = torch.autograd.grad(gpu_loss, list(model.parameters()))
+    torch.testing.assert_close(gpu_loss.cpu(), cpu_loss, rtol=1e-4, atol=1e-5)
+    for c, g in zip(cpu_grads, gpu_grads):
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(gpu_batch).cpu(), model.cpu()(batch), rtol=1e-4, atol=1e-5)
 
 
 def test_loss_is_libcitys_squared_error_plus_l2_in_real_units() -> None:

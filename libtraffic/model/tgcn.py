@@ -18,15 +18,18 @@ M = B * output_window * N * output_dim predictions:
 
 The math and the parameters (names, shapes, creation order) are LibCity's; the arrangement is
 ours, for speed (the numbers agree to float rounding):
-  * S is a dense buffer built once; tensors are node-major [N, B, C], so S z is one [N, N] x
-    [N, B*C] product with no permutes inside the recurrence;
-  * the graph convolution is linear, so the input's share of both convolutions (S x_t) W_x + b
-    is computed for all steps at once before the recurrence; each step convolves only the state;
-  * the first step starts from h = 0, whose convolution is 0, so it multiplies nothing by S.
+  * S and S^T are sparse (a sensor has a few neighbours) and built once; tensors are node-major
+    [N, B, C], so S z is one sparse [N, N] x [N, B*C] product with no permutes in the recurrence;
+  * the graph convolution is linear, so the input's share (S x_t) is mixed for all steps at once
+    and each step mixes only the state; the first step starts from h = 0 and mixes nothing;
+  * the recurrence is one autograd Function with a hand-written backward pass: each step writes
+    into buffers kept from one batch to the next (no allocation, no autograd graph per step), and
+    the weight gradients of all steps are a few long matrix products at the end.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +62,8 @@ class TGCNCell(nn.Module):
         self.bias_1 = nn.Parameter(torch.zeros(num_units))
         nn.init.xavier_normal_(self.weights_0)
         nn.init.xavier_normal_(self.weights_1)
+        self._spare: list[Workspace] = []  # buffers of the last training pass, for the next
+        self._eval_work = Workspace()
 
     def run(self, inputs: Tensor) -> Tensor:
         """The cell over a sequence from h = 0: inputs [T, N, B, C] -> the last state [N, B, H]."""
@@ -66,12 +71,28 @@ class TGCNCell(nn.Module):
         # S x_t for all steps at once (the input's share of both convolutions): [T, N*B, C].
         mixed = torch.mm(self.support, inputs.permute(1, 0, 2, 3).reshape(nodes, -1))  # [N, T*B*C]
         mixed = mixed.view(nodes, steps, batch * channels).transpose(0, 1).reshape(steps, nodes * batch, channels)
-        args = (mixed, self.weights_0, self.bias_0, self.weights_1, self.bias_1, self.support, self.support_t)
+        args = (mixed, self.weights_0, self.bias_0, self.weights_1, self.bias_1, self.support)
         if torch.is_grad_enabled() and any(a.requires_grad for a in args[:5]):
-            state = GraphGRU.apply(*args)
+            state = GraphGRU.apply(*args, self.support_t, self._spare)
         else:
-            state = graph_gru_forward(*args[:6], keep=False)[0]
+            state = graph_gru_forward(*args, keep=False, work=self._eval_work)[0].clone()
         return state.view(nodes, batch, self.num_units)
+
+
+class Workspace:
+    """Named buffers kept from one pass to the next: allocating the recurrence's few hundred MB anew
+    for every batch costs a page fault per 4 kB, which is more than some of the steps' arithmetic."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, Tensor] = {}  # flat
+
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """The buffer ``name`` of ``shape`` with ``like``'s dtype and device (contents undefined): the
+        front of the buffer kept under that name when it is large enough (a smaller last batch)."""
+        buffer, size = self.buffers.get(name), math.prod(shape)
+        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self.buffers[name] = like.new_empty(size)
+        return buffer[:size].view(shape)
 
 
 def _mix(support: Tensor, z: Tensor, out: Tensor, accumulate: bool = False) -> Tensor:
@@ -85,22 +106,22 @@ def _mix(support: Tensor, z: Tensor, out: Tensor, accumulate: bool = False) -> T
 
 
 def graph_gru_forward(mixed: Tensor, weights_0: Tensor, bias_0: Tensor, weights_1: Tensor, bias_1: Tensor,
-                      support: Tensor, keep: bool) -> tuple[Tensor, dict[str, Tensor]]:
+                      support: Tensor, keep: bool, work: Workspace) -> tuple[Tensor, dict[str, Tensor]]:
     """The recurrence from h_0 = 0 over node-major rows (n, b); returns h_T [N*B, H] and, with
     ``keep``, what the backward pass needs (every step's state, gates, candidate, mixed states).
 
     mixed [T, N*B, C]: S x_t. With m = S h and the weights' rows split into input (x) and state (h):
     z = sigmoid(S x_t W0x + m W0h + b0) = [r, u];  q = S (r h);  c = tanh(S x_t W1x + q W1h + b1);
-    h' = u h + (1 - u) c. Buffers are allocated once; the steps write into them.
+    h' = u h + (1 - u) c. The steps write into buffers from ``work``.
     """
     steps, rows, channels = mixed.shape
     hidden = bias_1.shape[0]
     w0x, w0h, w1x, w1h = weights_0[:channels], weights_0[channels:], weights_1[:channels], weights_1[channels:]
     slots = steps if keep else 1
-    new = mixed.new_empty
-    states = new(steps + 1 if keep else 2, rows, hidden)  # h_0 .. h_T (or two in turn)
-    gates, cands = new(slots, rows, 2 * hidden), new(slots, rows, hidden)
-    mixed_h, mixed_q = new(slots, rows, hidden), new(slots, rows, hidden)  # S h, S (r h); unused at t = 0
+    states = work.get("states", (steps + 1 if keep else 2, rows, hidden), mixed)  # h_0 .. h_T (or two in turn)
+    gates, cands = work.get("gates", (slots, rows, 2 * hidden), mixed), work.get("cands", (slots, rows, hidden), mixed)
+    mixed_h = work.get("mixed_h", (slots, rows, hidden), mixed)  # S h; unused at t = 0
+    mixed_q = work.get("mixed_q", (slots, rows, hidden), mixed)  # S (r h); unused at t = 0
     states[0].zero_()
     for t in range(steps):
         i = t if keep else 0
@@ -119,20 +140,23 @@ def graph_gru_forward(mixed: Tensor, weights_0: Tensor, bias_0: Tensor, weights_
 
 
 def graph_gru_backward(grad: Tensor, mixed: Tensor, weights_0: Tensor, weights_1: Tensor, support_t: Tensor,
-                       saved: dict[str, Tensor], input_grad: bool) -> tuple[Tensor | None, ...]:
+                       saved: dict[str, Tensor], input_grad: bool, work: Workspace) -> tuple[Tensor | None, ...]:
     """Back-propagation through time of graph_gru_forward: from the gradient of h_T [N*B, H], the
-    gradients of mixed (when ``input_grad``), weights_0, bias_0, weights_1 and bias_1."""
+    gradients of mixed (when ``input_grad``), weights_0, bias_0, weights_1 and bias_1. Scratch
+    buffers come from ``work``."""
     states, gates, cands = saved["states"], saved["gates"], saved["cands"]
     steps, rows, hidden = cands.shape
     channels = mixed.shape[-1]
     w0h, w1h = weights_0[channels:], weights_1[channels:]
-    d_r, d_u, d_c = (torch.empty_like(cands) for _ in range(3))  # per step, before the activations
-    dh, dh_prev = grad.clone(), torch.empty_like(grad)
-    scratch, d_mixed = torch.empty_like(grad), torch.empty_like(grad)
+    # Per step, before the activations: d_gates = [dL/dr, dL/du], d_cands = dL/dc.
+    d_gates, d_cands = work.get("d_gates", gates.shape, gates), work.get("d_cands", cands.shape, cands)
+    dh, dh_prev, scratch, d_mixed = (work.get(name, grad.shape, grad) for name in ("dh", "dh_prev", "scratch", "d_mixed"))
+    dh.copy_(grad)
     for t in reversed(range(steps)):
         h, z, cand = states[t], gates[t], cands[t]
         r, u = z[:, :hidden], z[:, hidden:]
-        dr, du, dc = d_r[t], d_u[t], d_c[t]
+        dz, dc = d_gates[t], d_cands[t]
+        dr, du = dz[:, :hidden], dz[:, hidden:]
         torch.sub(h, cand, out=du).mul_(dh)                # dL/du = dh (h - c)
         torch.mul(dh, u, out=dh_prev)                      # through u h
         torch.sub(dh, dh_prev, out=dc)                     # dL/dc = dh (1 - u)
@@ -146,45 +170,44 @@ def graph_gru_backward(grad: Tensor, mixed: Tensor, weights_0: Tensor, weights_1
         torch.mul(d_mixed, h, out=dr)                      # dL/dr
         dh_prev.addcmul_(d_mixed, r)                       # through r h
         dr.mul_(r).addcmul_(dr, r, value=-1)               # through sigmoid
-        torch.mm(dr, w0h[:, :hidden].t(), out=scratch).addmm_(du, w0h[:, hidden:].t())
+        torch.mm(dz, w0h.t(), out=scratch)
         _mix(support_t, scratch, dh_prev, accumulate=True)  # through S h
         dh, dh_prev = dh_prev, dh
-    # Every step's share of the weight gradients in one product per block (the state rows get
-    # nothing from step 0, where h = 0).
-    x_all = mixed.reshape(-1, channels).t()
-    m_all = saved["mixed_h"][1:].reshape(-1, hidden).t()
-    q_all = saved["mixed_q"][1:].reshape(-1, hidden).t()
-    flat = [d.reshape(-1, hidden) for d in (d_r, d_u, d_c)]
-    late = [d[1:].reshape(-1, hidden) for d in (d_r, d_u, d_c)]
-    d_w0 = torch.cat([torch.cat([x_all @ flat[0], x_all @ flat[1]], 1), torch.cat([m_all @ late[0], m_all @ late[1]], 1)])
-    d_w1 = torch.cat([x_all @ flat[2], q_all @ late[2]])
-    d_b0 = torch.cat([flat[0].sum(0), flat[1].sum(0)])
-    d_b1 = flat[2].sum(0)
+    # Every step's share of the weight gradients in one product per block: the input rows and the
+    # bias (a column of ones beside S x) over all steps, the state rows over steps 1.. (h_0 = 0).
+    x_one = torch.cat([mixed.reshape(-1, channels), mixed.new_ones(steps * rows, 1)], 1).t()  # [C+1, T*N*B]
+    flat_gates, flat_cands = d_gates.view(-1, 2 * hidden), d_cands.view(-1, hidden)
+    x_gates, x_cands = x_one @ flat_gates, x_one @ flat_cands  # [C+1, 2H], [C+1, H]
+    d_w0 = torch.cat([x_gates[:channels], saved["mixed_h"][1:].reshape(-1, hidden).t() @ d_gates[1:].view(-1, 2 * hidden)])
+    d_w1 = torch.cat([x_cands[:channels], saved["mixed_q"][1:].reshape(-1, hidden).t() @ d_cands[1:].view(-1, hidden)])
     d_x = None
     if input_grad:
-        w0x, w1x = weights_0[:channels], weights_1[:channels]
-        d_x = (flat[0] @ w0x[:, :hidden].t() + flat[1] @ w0x[:, hidden:].t() + flat[2] @ w1x.t()).view_as(mixed)
-    return d_x, d_w0, d_b0, d_w1, d_b1
+        d_x = (flat_gates @ weights_0[:channels].t()).addmm_(flat_cands, weights_1[:channels].t()).view_as(mixed)
+    return d_x, d_w0, x_gates[channels], d_w1, x_cands[channels]
 
 
 class GraphGRU(torch.autograd.Function):
-    """graph_gru_forward with its hand-written backward pass (one set of buffers, no autograd graph
-    per step)."""
+    """graph_gru_forward with its hand-written backward pass (no autograd graph per step). ``spare``
+    holds the workspace of the last finished pass: a pass takes it and gives it back after its
+    backward, so two passes alive at once never share buffers."""
 
     @staticmethod
     def forward(ctx: Any, mixed: Tensor, weights_0: Tensor, bias_0: Tensor, weights_1: Tensor, bias_1: Tensor,
-                support: Tensor, support_t: Tensor) -> Tensor:
-        state, saved = graph_gru_forward(mixed, weights_0, bias_0, weights_1, bias_1, support, keep=True)
-        ctx.names = list(saved)
-        ctx.save_for_backward(mixed, weights_0, weights_1, support_t, *saved.values())  # freed after backward
+                support: Tensor, support_t: Tensor, spare: list[Workspace]) -> Tensor:
+        work = spare.pop() if spare else Workspace()
+        state, saved = graph_gru_forward(mixed, weights_0, bias_0, weights_1, bias_1, support, keep=True, work=work)
+        ctx.names, ctx.spare, ctx.work = list(saved), spare, work
+        # The saved buffers also through save_for_backward, so that any later write to them is caught.
+        ctx.save_for_backward(mixed, weights_0, weights_1, support_t, *saved.values())
         return state
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         mixed, weights_0, weights_1, support_t, *saved = ctx.saved_tensors
         grads = graph_gru_backward(grad.contiguous(), mixed, weights_0, weights_1, support_t,
-                                   dict(zip(ctx.names, saved)), ctx.needs_input_grad[0])
-        return (*grads, None, None)
+                                   dict(zip(ctx.names, saved)), ctx.needs_input_grad[0], ctx.work)
+        ctx.spare[:] = [ctx.work]
+        return (*grads, None, None, None)
 
 
 class TGCN(TrafficStateModel):
