@@ -191,8 +191,10 @@ def signal_when(workdir: Path, ray_address: str, cmd: list[str], sig: int, print
     """Run ``cmd``; send ``sig`` once stdout shows ``printed`` (or once ``condition()`` holds); (code, out, err)."""
     err_file = workdir / f"stderr-{os.getpid()}-{id(cmd)}.txt"
     with open(err_file, "w") as err_out:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=environment(ray_address), stdout=subprocess.PIPE,
-                                stderr=err_out, text=True)
+        # Unbuffered: a line piped in blocks would reach us only when the process flushes at its exit,
+        # and the signal would land after the moment it is meant for.
+        proc = subprocess.Popen(cmd, cwd=workdir, env={**environment(ray_address), "PYTHONUNBUFFERED": "1"},
+                                stdout=subprocess.PIPE, stderr=err_out, text=True)
         out = []
         if printed is not None:
             for line in proc.stdout:
