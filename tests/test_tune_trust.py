@@ -235,6 +235,34 @@ def test_ctrl_c_just_after_the_data_is_prepared_names_a_command_that_works(workd
     assert "Best trial config" in again.stdout
 
 
+def test_ctrl_c_while_trials_are_pending_then_resume(workdir, ray_head):
+    """Section 4, at ~6 s: a Ctrl-C while one trial runs and the others wait (PENDING) ends with 130, no
+    traceback (before: an AttributeError on the waiting trials' missing config), the waiting trials listed as
+    NOT STARTED with their sampled configs, and the printed command finishes the search."""
+    (workdir / "three.json").write_text(json.dumps({"hidden_size": {"type": "grid_search", "list": [4, 6, 8]}}))
+    # three trials allowed at once, but the 2-CPU head has room for one of 2 CPUs: the others wait as PENDING
+    cmd = command("pending", "three", "--max_concurrent", "3", "--cpu_per_trial", "2", "--max_epoch", "20")
+    first = workdir / "libtraffic" / "cache" / "hyper_tune" / "pending" / "trial_00000" / "result.json"
+
+    def first_epoch_reported() -> bool:
+        return first.is_file() and bool(first.read_text().strip())
+
+    code, out, err = signal_when(workdir, ray_head, cmd, signal.SIGINT, condition=first_epoch_reported)
+    assert code == 130, out[-2000:] + err[-3000:]
+    assert_no_crash(out, err)
+    assert "Continue with the same command plus --resume --exp_id pending." in err, err[-3000:]
+    saved = json.loads((workdir / "libtraffic" / "cache" / "pending" / "hyper_tune_results.json").read_text())
+    assert saved["interrupted"] is True
+    rows = saved["trials"]
+    waiting = [r for r in rows if r["status"] == "NOT STARTED"]
+    assert len(rows) == 3 and waiting, rows
+    assert sorted(r["config"]["hidden_size"] for r in rows) == [4, 6, 8], rows
+    again = run(workdir, ray_head, next_command(err, cmd))
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    rows = json.loads((workdir / "libtraffic" / "cache" / "pending" / "hyper_tune_results.json").read_text())
+    assert [r["status"] for r in rows] == ["DONE"] * 3, rows
+
+
 def test_sigterm_during_the_final_runs_then_resume_then_tampered(workdir, ray_head):
     """Section 4: SIGTERM in the final runs ends with 143 and the resume command (before: a C stack, exit 134);
     the resume (which verifies the signed Ray state first) reuses the run that finished."""

@@ -25,9 +25,9 @@ from libtraffic.tune import final_runs, ray_private, session, settings, signing
 from libtraffic.tune.context import TuneRun
 from libtraffic.tune.dry_run import Problems, dry_run
 from libtraffic.tune.finish import finish, save_interrupted
-from libtraffic.tune.interrupt import CtrlC, interrupt_hint, stop_kind, unfinished
+from libtraffic.tune.interrupt import CtrlC, interrupt_hint, stop_kind
 from libtraffic.tune.options import TuneOptions
-from libtraffic.tune.records import collect_records
+from libtraffic.tune.records import collect_records, unfinished
 from libtraffic.tune.progress import StatusTable, TrialLines
 from libtraffic.tune.searchers import SCHEDULERS, SEARCHERS
 from libtraffic.tune.spaces import SearchSpace, load_search_space, read_search_space

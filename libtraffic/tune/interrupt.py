@@ -127,9 +127,3 @@ def ctrl_c_deferred() -> Iterator[None]:
                 handler(caught[0], None)
             elif handler == signal.SIG_DFL:
                 signal.raise_signal(caught[0])
-
-
-def unfinished(results, expected_trials: int) -> bool:
-    """Trials still pending or running, or fewer trials than the search would create."""
-    done = results.num_terminated + results.num_errors
-    return done < len(results) or len(results) < expected_trials

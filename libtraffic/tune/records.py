@@ -74,6 +74,14 @@ def _record(result, metric: BestMetric, state: str, sampled: dict, budget_spent:
     )
 
 
+def unfinished(results, expected_trials: int) -> bool:
+    """Trials still pending, running or paused when fit() returned, or fewer trials than the search would
+    create. Read from the experiment's saved state: after a graceful stop Ray marks every trial it holds in
+    memory TERMINATED, the ones that never started included."""
+    trials = _ray_trials(results)
+    return len(trials) < expected_trials or any(state in _NOT_ENDED for state, _ in trials.values())
+
+
 def collect_records(results, metric: BestMetric, budget_spent: bool = False) -> list[TrialRecord]:
     """One record per trial, best first by ``metric``; each trial's best epoch is its best by ``metric``.
     ``budget_spent``: --time_budget_s ended the run (the trials it stopped are TIME BUDGET)."""
