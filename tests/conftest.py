@@ -30,6 +30,18 @@ torch.set_num_threads(1)
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+# The files with long Ray runs, longest first. The suite runs in two processes that take whole files
+# in this order (pyproject.toml), so the long files start at once and both processes end together.
+LONG_FILES_FIRST = ("test_tuning.py", "test_cluster.py", "test_tune_models.py", "test_tune_trust.py",
+                    "test_docs.py", "test_tune_cli_errors.py", "test_trust.py", "test_libcity_checkpoints.py",
+                    "test_cli_safety.py", "test_trust_core.py")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT

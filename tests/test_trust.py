@@ -148,7 +148,8 @@ def test_bad_rates_and_lambdas_are_refused(runs, case: str, pattern: str) -> Non
 
 
 def test_lr_lambda_evaluation_is_bounded() -> None:
-    """Every expression, however nested, is float arithmetic: it ends in milliseconds."""
+    """Every expression, however nested, is float arithmetic: it ends at once (milliseconds; the bound
+    leaves room for a busy machine), where plain evaluation would run for minutes or exhaust memory."""
     from libtraffic.executor.optim import lr_lambda_from_text
     from libtraffic.utils.errors import LibTrafficError
 
@@ -159,7 +160,7 @@ def test_lr_lambda_evaluation_is_bounded() -> None:
             lr_lambda_from_text(text, max_epoch=100)
         except LibTrafficError:
             pass
-        assert time.perf_counter() - start < 0.05, text
+        assert time.perf_counter() - start < 2, text
     with pytest.raises(LibTrafficError, match="keep it under 200"):
         lr_lambda_from_text("1 + " * 60 + "epoch")
 
