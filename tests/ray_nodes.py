@@ -22,6 +22,9 @@ from pathlib import Path
 # Test-only local clusters: token auth would make the drivers' connections fail.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 STARTED = "Ray runtime started"
+# A test node ends at once on SIGTERM: by default `ray start --block` first drains the node for up to
+# 30 s (Ray 2.60), and an idle test node waited all of it.
+NODE_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
 
 
 def free_port() -> int:
@@ -82,7 +85,7 @@ def start_node(temp: Path, *, head_port: int | None = None, address: str | None 
         args += ["--address", address]
     log = temp / "node.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([*(prefix or []), *args], env={**(env or os.environ), **RAY_ENV}, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([*(prefix or []), *args], env={**(env or os.environ), **RAY_ENV, **NODE_ENV}, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=temp, start_new_session=True)
     node = Node(proc, log, ray_temp)
     wait_until(lambda: STARTED in log.read_text() or not node.alive(), timeout, f"Ray node in {temp}")

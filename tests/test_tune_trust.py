@@ -241,7 +241,7 @@ def test_ctrl_c_while_trials_are_pending_then_resume(workdir, ray_head):
     NOT STARTED with their sampled configs, and the printed command finishes the search."""
     (workdir / "three.json").write_text(json.dumps({"hidden_size": {"type": "grid_search", "list": [4, 6, 8]}}))
     # three trials allowed at once, but the 2-CPU head has room for one of 2 CPUs: the others wait as PENDING
-    cmd = command("pending", "three", "--max_concurrent", "3", "--cpu_per_trial", "2", "--max_epoch", "20")
+    cmd = command("pending", "three", "--max_concurrent", "3", "--cpu_per_trial", "2", "--max_epoch", "4")
     first = workdir / "libtraffic" / "cache" / "hyper_tune" / "pending" / "trial_00000" / "result.json"
 
     def first_epoch_reported() -> bool:
