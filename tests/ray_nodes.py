@@ -23,8 +23,9 @@ from pathlib import Path
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 STARTED = "Ray runtime started"
 # A test node ends at once on SIGTERM: by default `ray start --block` first drains the node for up to
-# 30 s (Ray 2.60), and an idle test node waited all of it.
-NODE_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+# 30 s (Ray 2.60), and an idle test node waited all of it. No idle workers started for the first
+# driver either (the trials run in workers of their own runtime environment; see session.py).
+NODE_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_prestart_worker_first_driver": "0"}
 
 
 def free_port() -> int:
