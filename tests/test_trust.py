@@ -7,6 +7,7 @@ dataset cache: a clear message and exit 2, or a correct result; never a clean-lo
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -206,11 +207,20 @@ def test_resume_equals_uninterrupted_and_keeps_the_best_model(tmp_path: Path) ->
 
 # ----- item 8: a damaged dataset cache is rebuilt -----
 
+@pytest.fixture(scope="module")
+def cached_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset and the cache a first training run left for it."""
+    root = tmp_path_factory.mktemp("cached")
+    write_synthetic_dataset(root / "raw_data", "TINY", num_nodes=4, num_days=2, seed=5)
+    assert _run(root, ["--dataset", "TINY", *SMALL, "--exp_id", "a"]).returncode == 0
+    return root
+
+
 @pytest.mark.parametrize("damage", ["truncate_data", "garbage_meta", "delete_adj"])
-def test_damaged_dataset_cache_is_rebuilt_with_a_warning(tmp_path: Path, damage: str) -> None:
-    write_synthetic_dataset(tmp_path / "raw_data", "TINY", num_nodes=4, num_days=2, seed=5)
+def test_damaged_dataset_cache_is_rebuilt_with_a_warning(tmp_path: Path, cached_dataset: Path, damage: str) -> None:
+    for part in ("raw_data", "libtraffic/cache/dataset_cache"):
+        shutil.copytree(cached_dataset / part, tmp_path / part)
     args = ["--dataset", "TINY", *SMALL]
-    assert _run(tmp_path, [*args, "--exp_id", "a"]).returncode == 0
     (folder,) = (tmp_path / "libtraffic/cache/dataset_cache").iterdir()
     if damage == "truncate_data":
         data = folder / "data.npy"

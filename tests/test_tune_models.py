@@ -26,7 +26,7 @@ PLANS = {
     "STID": ("BasicSearch", "FIFO", ["--metric", "masked_MAE@3"]),
     "GWNET": ("HyperOpt", "ASHA", []),
     "STGCN": ("OptunaSearch", "MedianStoppingRule", []),
-    "DCRNN": ("HyperOpt", "FIFO", ["--final_seeds", "2"]),
+    "DCRNN": ("HyperOpt", "FIFO", []),
     "AGCRN": ("BasicSearch", "HyperBand", ["--metric", "R2"]),
     "MTGNN": ("OptunaSearch", "ASHA", ["--metric", "masked_MAE"]),
     "TGCN": ("BasicSearch", "MedianStoppingRule", ["--final_seeds", "2"]),

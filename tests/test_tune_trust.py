@@ -94,6 +94,26 @@ def test_a_signal_during_final_run_bookkeeping_waits_for_its_end(sig) -> None:
     assert "--resume --exp_id e1" in str(stop.value)
 
 
+def test_ctrl_c_while_ray_starts_waits_for_it_and_a_second_one_does_not(capsys) -> None:
+    """Section 4, at ~3 s: a Ctrl-C inside ray.init() takes effect once it returned (Ray half started could
+    crash at exit, 139), saying so; a second Ctrl-C stops at once (real signals to this process)."""
+    from libtraffic.tune.interrupt import RAY_STARTING, CtrlC, ctrl_c_deferred
+
+    steps = []
+    with CtrlC("e2"), pytest.raises(KeyboardInterrupt) as stop:
+        with ctrl_c_deferred(RAY_STARTING):
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("Ray started")
+    assert steps == ["Ray started"] and "--resume --exp_id e2" in str(stop.value)
+    assert RAY_STARTING in capsys.readouterr().err
+    with CtrlC("e3"), pytest.raises(KeyboardInterrupt):
+        with ctrl_c_deferred(RAY_STARTING):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("not reached")
+    assert steps == ["Ray started"]
+
+
 def _signed_experiment(storage: Path, name: str) -> Path:
     """An experiment folder as hyper_tune leaves it: Ray's state files, signed as Ray writes them."""
     from libtraffic.tune import signing

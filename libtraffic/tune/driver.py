@@ -25,7 +25,7 @@ from libtraffic.tune import final_runs, ray_private, session, settings, signing
 from libtraffic.tune.context import TuneRun
 from libtraffic.tune.dry_run import Problems, dry_run
 from libtraffic.tune.finish import finish, save_interrupted
-from libtraffic.tune.interrupt import CtrlC, interrupt_hint, stop_kind
+from libtraffic.tune.interrupt import RAY_STARTING, CtrlC, ctrl_c_deferred, interrupt_hint, stop_kind
 from libtraffic.tune.options import TuneOptions
 from libtraffic.tune.records import collect_records, unfinished
 from libtraffic.tune.progress import StatusTable, TrialLines
@@ -266,9 +266,13 @@ def _shared_data(run: TuneRun) -> PreparedData | RawData:
 def _run_ray(run: TuneRun, ctrl_c: CtrlC):
     opts = run.options
     ray_private.upload_experiment_state_in_turn(after_save=signing.sign_staging)
-    ray_session = session.connect(opts.ray_address, opts.cpu_per_trial, run.storage)
-    ctrl_c.handle_sigterm()
+    ray_session = None
     try:
+        # A signal inside ray.init() could leave Ray half started, for its exit handler to crash on (an
+        # exit 139 was seen): it takes effect once Ray has started, and the session is then ended here.
+        with ctrl_c_deferred(RAY_STARTING):
+            ray_session = session.connect(opts.ray_address, opts.cpu_per_trial, run.storage)
+        ctrl_c.handle_sigterm()
         gpus = session.check_resources(ray_session, opts.cpu_per_trial, opts.gpu_per_trial)
         session.check_storage_shared(ray_session, run.storage)
         trial_settings = TrialSettings(base_seed=run.config["seed"], threads=opts.cpu_per_trial)
@@ -286,7 +290,8 @@ def _run_ray(run: TuneRun, ctrl_c: CtrlC):
             raise KeyboardInterrupt(ctrl_c.hint)
         finals = _final_runs(run, results, gpus)
     finally:
-        ray_session.end()
+        if ray_session is not None:
+            ray_session.end()
     return results, finals
 
 

@@ -106,24 +106,44 @@ class _InstallCtrlC(Callback):
 
 
 @contextmanager
-def ctrl_c_deferred() -> Iterator[None]:
+def ctrl_c_deferred(notice: str | None = None) -> Iterator[None]:
     """A Ctrl-C or SIGTERM during the block takes effect right after it (through the handler that was set),
     so bookkeeping that must stay consistent (a finished run recorded in memory and in its file) is never
-    cut in half. Outside the main thread the block simply runs."""
+    cut in half. With ``notice`` (a block that can take seconds), the first Ctrl-C prints it and a second
+    one takes effect at once. Outside the main thread the block simply runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
     deferred = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in deferred}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def defer(signum, frame) -> None:
+        if notice is not None and signum == signal.SIGINT and signal.SIGINT in caught:
+            restore()
+            _take_effect(previous[signum], signum)  # the second Ctrl-C: at once
+            return
+        caught.append(signum)
+        if notice is not None and signum == signal.SIGINT:
+            print(f"\n{notice}", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, defer) for sig in deferred}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()
         if caught:
-            handler = previous[caught[0]]
-            if callable(handler):
-                handler(caught[0], None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(caught[0])
+            _take_effect(previous[caught[0]], caught[0])
+
+
+def _take_effect(handler, signum: int) -> None:
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)
+
+
+RAY_STARTING = "Ctrl-C: stopping once Ray has started (Ctrl-C again to quit at once)."
