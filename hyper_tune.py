@@ -41,4 +41,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, interrupted="Interrupted before the tuning started: nothing was saved. Start again with the same "
+                              "command.")

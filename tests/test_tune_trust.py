@@ -114,6 +114,25 @@ def test_ctrl_c_while_ray_starts_waits_for_it_and_a_second_one_does_not(capsys) 
     assert steps == ["Ray started"]
 
 
+def test_ctrl_c_before_the_run_sets_its_message_names_the_next_command(capsys) -> None:
+    """Section 4, the first second (libraries loading): Python's own KeyboardInterrupt ended with a blank
+    line and exit 130; it now says what happened and what to do (a real signal to this process)."""
+    from libtraffic.utils.cli import run_cli
+
+    def main() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # Python's default handler raises KeyboardInterrupt() here
+        time.sleep(60)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as end:
+            run_cli(main, interrupted="Interrupted before the tuning started: nothing was saved.")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert end.value.code == 130
+    assert capsys.readouterr().err.strip() == "Interrupted before the tuning started: nothing was saved."
+
+
 def _signed_experiment(storage: Path, name: str) -> Path:
     """An experiment folder as hyper_tune leaves it: Ray's state files, signed as Ray writes them."""
     from libtraffic.tune import signing

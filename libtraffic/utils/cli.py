@@ -126,15 +126,17 @@ def collect_overrides(args: argparse.Namespace, names: list[str], extras: dict[s
     return {**given, **extras}
 
 
-def run_cli(main: Callable[[], object]) -> None:
-    """Run ``main``; a user mistake prints 'Error: ...' and exits 2 without a traceback."""
+def run_cli(main: Callable[[], object], interrupted: str = "Interrupted.") -> None:
+    """Run ``main``; a user mistake prints 'Error: ...' and exits 2 without a traceback. A Ctrl-C exits
+    130 with its message, or ``interrupted`` for one that came before the run set a message of its own
+    (Python's bare KeyboardInterrupt, e.g. while the libraries load)."""
     try:
         main()
     except LibTrafficError as err:
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as err:
-        _exit_interrupted(f"\n{err or 'Interrupted.'}")
+        _exit_interrupted(f"\n{str(err) or interrupted}")
 
 
 def _exit_interrupted(message: str) -> NoReturn:
