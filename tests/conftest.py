@@ -32,8 +32,8 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 # The files with long Ray runs, longest first. The suite runs in three processes that take whole files
 # in this order (pyproject.toml), so the long files start first and the processes end together.
-LONG_FILES_FIRST = ("test_tuning.py", "test_cluster.py", "test_tune_models.py", "test_tune_trust.py",
-                    "test_docs.py", "test_tune_cli_errors.py", "test_trust.py", "test_libcity_checkpoints.py",
+LONG_FILES_FIRST = ("test_tuning.py", "test_cluster.py", "test_tuning_resume.py", "test_tune_models.py",
+                    "test_tune_trust.py", "test_docs.py", "test_tune_cli_errors.py", "test_trust.py", "test_libcity_checkpoints.py",
                     "test_cli_safety.py", "test_trust_core.py")
 
 

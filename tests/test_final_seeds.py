@@ -1,6 +1,6 @@
 """The durable record of --final_seeds runs (hyper_tune_final_runs.json) and the dry run's words on them.
 
-The end-to-end interrupt-and-resume test is in test_tuning.py; these check, on real files, which saved
+The end-to-end interrupt-and-resume test is in test_tuning_resume.py; these check, on real files, which saved
 runs a resume may reuse and that a new experiment never reads the file.
 """
 
