@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests import warm
 import torch
 
 from libtraffic.data.synthetic import write_synthetic_dataset
@@ -162,7 +163,7 @@ def make_dataset(workdir: Path) -> Callable[..., Path]:
 def run_clis(repo_root: Path, runs: Sequence[tuple[Path, Sequence[str]]], timeout: float = 180) -> list[subprocess.CompletedProcess]:
     """Run ``python run_model.py ARGS`` in ``cwd`` for each (cwd, ARGS), all at once (each
     process spends seconds importing torch), and return their results in order."""
-    procs = [subprocess.Popen([sys.executable, str(repo_root / "run_model.py"), *args], cwd=cwd, env=SUBPROCESS_ENV,
+    procs = [warm.Popen([sys.executable, str(repo_root / "run_model.py"), *args], cwd=cwd, env=SUBPROCESS_ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cwd, args in runs]
     results = []
     for proc in procs:

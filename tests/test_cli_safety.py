@@ -22,6 +22,7 @@ from libtraffic.data.synthetic import write_synthetic_dataset
 from libtraffic.pipeline import run_model
 from libtraffic.utils.errors import LibTrafficError
 
+from tests import warm
 from conftest import REPO_ROOT, SUBPROCESS_ENV, run_clis
 
 SMALL = ["--dataset", "TINY", "--input_window", "4", "--output_window", "2", "--batch_size", "16", "--log_level", "INFO"]
@@ -29,7 +30,7 @@ TIMEOUT = 300
 
 
 def start(cwd: Path, *args: str, script: str = "run_model.py") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO_ROOT / script), *args], cwd=cwd, env=SUBPROCESS_ENV,
+    return warm.Popen([sys.executable, str(REPO_ROOT / script), *args], cwd=cwd, env=SUBPROCESS_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -98,7 +99,7 @@ def test_second_resume_is_refused_and_ctrl_c_says_how_to_continue(race: dict) ->
     try:
         log = wait_for(lambda: new_log(cwd, "race", before), "the resumed run's log", first)
         wait_for(lambda: "Resuming training after epoch 1" in log.read_text(), "the resume to start", first)
-        second = subprocess.run([sys.executable, str(REPO_ROOT / "run_model.py"), *args], cwd=cwd, env=SUBPROCESS_ENV,
+        second = warm.run([sys.executable, str(REPO_ROOT / "run_model.py"), *args], cwd=cwd, env=SUBPROCESS_ENV,
                                 capture_output=True, text=True, timeout=TIMEOUT)
         assert second.returncode == 2, second.stderr
         assert re.search(r"^Error: Experiment folder .*cache/race is in use by another run right now", second.stderr)
@@ -292,7 +293,7 @@ def test_second_ctrl_c_while_exiting_keeps_exit_code_130(tmp_path: Path) -> None
         "    for _ in range(50):\n"
         "        time.sleep(0.1)\n"
         "    print('cleanup finished')\n")
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env={**SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)},
+    done = warm.run([sys.executable, str(script)], cwd=tmp_path, env={**SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)},
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 130, (done.returncode, done.stderr[-2000:])
     assert done.stderr.strip() == "Interrupted: the hint." and "cleanup finished" not in done.stdout

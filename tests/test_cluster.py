@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from libtraffic.data.synthetic import write_synthetic_dataset
+from tests import warm
 from tests.ray_nodes import RAY_ENV, end_nodes, free_port, start_node, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ def start(workdir: Path, address: str | None, exp_id: str, space: str, *args: st
             del full_env[key]
     if address:
         full_env["RAY_ADDRESS"] = address
-    return subprocess.Popen(cmd, cwd=workdir, env=full_env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    return warm.Popen(cmd, cwd=workdir, env=full_env, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
 def finish(proc: subprocess.Popen, code: int = 0) -> tuple[str, str]:

@@ -26,6 +26,7 @@ from libtraffic.data.convert.readers import Edges, edges_among
 from libtraffic.data.prepared import prepare_data
 from libtraffic.utils.errors import LibTrafficError
 
+from tests import warm
 from conftest import REPO_ROOT, SUBPROCESS_ENV, run_cli
 
 LA_IDS = ["773869", "767541", "767542", "717447", "717446", "717445", "773062", "767620"]
@@ -128,7 +129,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def convert(cwd: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "libtraffic.data.convert", *map(str, args)], cwd=cwd,
+    return warm.run([sys.executable, "-m", "libtraffic.data.convert", *map(str, args)], cwd=cwd,
                           env={**SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=120)
 
 
@@ -340,7 +341,7 @@ def bad_results(sources: dict) -> dict:
         "unknown_converter": (["dcrn", "--h5", h5], [r"Unknown converter 'dcrn'.*Did you mean 'dcrnn'\?"]),
     }
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (work / "raw_data" / "METR_LA").iterdir()}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "libtraffic.data.convert", *map(str, args)], cwd=work,
+    procs = {name: warm.Popen([sys.executable, "-m", "libtraffic.data.convert", *map(str, args)], cwd=work,
                                     env={**SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)}, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name, (args, _) in cases.items()}
     results = {name: (proc, *proc.communicate(timeout=120)) for name, proc in procs.items()}

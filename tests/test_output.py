@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from tests import warm
 from conftest import REPO_ROOT, SUBPROCESS_ENV, run_cli
 
 FLAGS = ("--model", "GRU", "--dataset", "TINY", "--max_epoch", "2", "--batch_size", "16", "--hidden_size", "8")
@@ -23,7 +24,7 @@ def _run_on_terminal(cwd: Path, *args: str) -> tuple[int, str, str]:
     """run_model.py with stderr on a pseudo-terminal (as in an interactive shell) and stdout piped."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, columns of a real window
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "run_model.py"), *args], cwd=cwd, env=SUBPROCESS_ENV,
+    proc = warm.Popen([sys.executable, str(REPO_ROOT / "run_model.py"), *args], cwd=cwd, env=SUBPROCESS_ENV,
                             stdout=subprocess.PIPE, stderr=follower, text=True)
     os.close(follower)
     chunks = []

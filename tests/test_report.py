@@ -7,7 +7,6 @@ import io
 import json
 import math
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from libtraffic.results import RESULTS_JSON as RESULTS_FILE, SETTINGS_FILE
 from libtraffic.report.synthetic import SPACE, write_synthetic_experiment
 from libtraffic.utils.errors import LibTrafficError
 
+from tests import warm
 from conftest import REPO_ROOT, SUBPROCESS_ENV
 
 
@@ -243,7 +243,7 @@ def test_final_seeds_block_is_mean_and_std_per_horizon(records, exp_folder):
 def test_missing_experiment_is_a_user_error(workdir):
     with pytest.raises(LibTrafficError, match="No experiment folder .*check --exp_id"):
         write_report("nope")
-    out = subprocess.run([sys.executable, "-m", "libtraffic.report", "--exp_id", "nope"], cwd=workdir,
+    out = warm.run([sys.executable, "-m", "libtraffic.report", "--exp_id", "nope"], cwd=workdir,
                          env={**SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2 and "Error: No experiment folder" in out.stderr and "Traceback" not in out.stderr

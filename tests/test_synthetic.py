@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests import warm
 from libtraffic.data.synthetic import (
     BUILTIN_DATASETS,
     ensure_builtin_dataset,
@@ -188,7 +189,7 @@ def test_ensure_builtin_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return warm.run(
         [sys.executable, "-m", "libtraffic.data.synthetic", *args],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )

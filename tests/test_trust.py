@@ -20,6 +20,7 @@ import torch
 
 from libtraffic.data.synthetic import write_synthetic_dataset
 
+from tests import warm
 from conftest import REPO_ROOT, SUBPROCESS_ENV, write_dataset
 
 SMALL = ["--max_epoch", "1", "--hidden_size", "8", "--input_window", "3", "--output_window", "3", "--batch_size", "32"]
@@ -44,7 +45,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
 
 def _run(cwd: Path, args: list[str]) -> subprocess.CompletedProcess:
     start = time.monotonic()
-    out = subprocess.run([sys.executable, str(REPO_ROOT / "run_model.py"), *args], cwd=cwd, env=SUBPROCESS_ENV,
+    out = warm.run([sys.executable, str(REPO_ROOT / "run_model.py"), *args], cwd=cwd, env=SUBPROCESS_ENV,
                          capture_output=True, text=True, timeout=300)
     out.seconds = time.monotonic() - start
     return out

@@ -17,6 +17,7 @@ import pytest
 from libtraffic.config import ConfigParser
 from libtraffic.utils.errors import LibTrafficError
 
+from tests import warm
 from conftest import REPO_ROOT, run_clis, write_dataset
 from libtraffic.data.synthetic import write_synthetic_dataset
 
@@ -417,7 +418,7 @@ def test_hyper_tune_refuses_a_long_exp_id_up_front(tmp_path: Path) -> None:
     from conftest import SUBPROCESS_ENV
 
     write_synthetic_dataset(tmp_path / "raw_data", "TINY", num_nodes=4, num_days=2, seed=5)
-    out = subprocess.run([sys.executable, str(REPO_ROOT / "hyper_tune.py"), "--dataset", "TINY", "--exp_id", "z" * 240],
+    out = warm.run([sys.executable, str(REPO_ROOT / "hyper_tune.py"), "--dataset", "TINY", "--exp_id", "z" * 240],
                          cwd=tmp_path, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
     user_error(out, r"--exp_id is 240 characters long; keep it to 100 or fewer")
     assert not (tmp_path / "libtraffic").exists()

@@ -11,7 +11,6 @@ import ast
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +20,7 @@ from typing import Any, Callable
 
 import pytest
 
+from tests import warm
 from libtraffic.data.synthetic import write_synthetic_dataset
 from libtraffic.tune import driver as tuning
 from libtraffic.utils.errors import LibTrafficError
@@ -140,7 +140,7 @@ def _run_case(folder: Path, args: list[str]) -> CliResult:
     env = {k: v for k, v in os.environ.items() if k not in ("LIBTRAFFIC_ROOT", "RAY_ADDRESS")}
     env["OMP_NUM_THREADS"] = "1"  # two processes share two cores
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(HYPER_TUNE), *BASE_ARGS, *args], cwd=folder, env=env,
+    proc = warm.run([sys.executable, str(HYPER_TUNE), *BASE_ARGS, *args], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=300)
     return CliResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start, folder)
 

@@ -16,6 +16,7 @@ import torch
 
 from libtraffic.data.synthetic import write_synthetic_dataset
 from libtraffic.model import MODELS
+from tests import warm
 from tests.ray_nodes import RAY_ENV, free_port, start_node
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subp
                    "--dataset", DATASET, "--space_file", str(REPO / "spaces" / model), "--exp_id", model,
                    "--search_alg", search_alg, "--scheduler", scheduler, "--num_samples", "2", "--max_epoch", "2",
                    "--batch_size", "64", *extra]
-            procs[model] = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            procs[model] = warm.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True)
         done = {}
         for model, proc in procs.items():

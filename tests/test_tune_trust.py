@@ -17,6 +17,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from libtraffic.data.synthetic import write_synthetic_dataset
 from libtraffic.tune import ray_private
+from tests import warm
 from tests.ray_nodes import RAY_ENV, free_port, start_node, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -221,7 +222,7 @@ def environment(ray_address: str) -> dict:
 
 
 def run(workdir: Path, ray_address: str, cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=workdir, env=environment(ray_address), capture_output=True, text=True,
+    return warm.run(cmd, cwd=workdir, env=environment(ray_address), capture_output=True, text=True,
                           timeout=TIMEOUT)
 
 
@@ -232,7 +233,7 @@ def signal_when(workdir: Path, ray_address: str, cmd: list[str], sig: int, print
     with open(err_file, "w") as err_out:
         # Unbuffered: a line piped in blocks would reach us only when the process flushes at its exit,
         # and the signal would land after the moment it is meant for.
-        proc = subprocess.Popen(cmd, cwd=workdir, env={**environment(ray_address), "PYTHONUNBUFFERED": "1"},
+        proc = warm.Popen(cmd, cwd=workdir, env={**environment(ray_address), "PYTHONUNBUFFERED": "1"},
                                 stdout=subprocess.PIPE, stderr=err_out, text=True)
         out = []
         if printed is not None:

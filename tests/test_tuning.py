@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from libtraffic.data.synthetic import write_synthetic_dataset
+from tests import warm
 from tests.ray_nodes import RAY_ENV, free_port, start_node
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,11 +65,14 @@ def write_space(workdir: Path, name: str, space: dict) -> str:
     return name
 
 
-def tune(workdir: Path, ray_address: str, exp_id: str, space: str, *args: str, check: bool = True):
+def tune(workdir: Path, ray_address: str, exp_id: str, space: str, *args: str, check: bool = True,
+         cold: bool = False):
+    """hyper_tune.py on the test cluster; ``cold``: a new interpreter (tests/warm.py), for tests that compare
+    runs for reproducibility (forked runs share the fork server's hash seed)."""
     cmd = [sys.executable, str(REPO / "hyper_tune.py"), "--task", "traffic_state_pred", "--model", "GRU",
            "--dataset", DATASET, "--space_file", space, "--exp_id", exp_id, "--batch_size", "32", *args]
     env = {**os.environ, **RAY_ENV, "RAY_ADDRESS": ray_address}
-    out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    out = warm.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=TIMEOUT, cold=cold)
     if check:
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
@@ -148,7 +152,7 @@ def test_grid_fifo_best_model_and_config_reproduce(workdir, ray_cluster):
     best_file = cache / f"GRU_{DATASET}_best_config.json"
     saved = json.loads(best_file.read_text())
     assert saved["seed"] == best["seed"] and saved["hidden_size"] == best["config"]["hidden_size"]
-    rerun = subprocess.run(
+    rerun = warm.run(
         [sys.executable, str(REPO / "run_model.py"), "--dataset", DATASET, "--config_file", str(best_file),
          "--exp_id", "grid_rerun"], cwd=workdir, capture_output=True, text=True, timeout=TIMEOUT)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -269,7 +273,7 @@ def test_optuna_two_at_once_then_the_report_renders_in_a_browser(workdir, ray_cl
     folder = workdir / "libtraffic" / "cache" / "optuna"
     assert f"Tuning report: {folder / 'hyper_tune_report.html'}" in out.stdout  # written at the end of the run
 
-    report = subprocess.run([sys.executable, "-m", "libtraffic.report", "--exp_id", "optuna"], cwd=workdir,
+    report = warm.run([sys.executable, "-m", "libtraffic.report", "--exp_id", "optuna"], cwd=workdir,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                             timeout=TIMEOUT)
     assert report.returncode == 0, report.stderr[-3000:]

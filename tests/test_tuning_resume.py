@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests import warm
 from tests.ray_nodes import RAY_ENV
 from tests.test_tuning import (DATASET, REPO, RUNS_FILE, TIMEOUT, ray_head, results, tune, tuning_folder,
                                write_space)
@@ -41,7 +42,7 @@ def test_same_seed_same_configs_and_losses(workdir, ray_cluster):
     })
     runs = []
     for exp_id in ("seed_a", "seed_b"):
-        tune(workdir, ray_cluster, exp_id, space, "--num_samples", "2", "--max_epoch", "1", "--seed", "11")
+        tune(workdir, ray_cluster, exp_id, space, "--num_samples", "2", "--max_epoch", "1", "--seed", "11", cold=True)
         runs.append(sorted((r["config"]["hidden_size"], r["config"]["learning_rate"], r["seed"], r["best_loss"])
                            for r in results(workdir, exp_id)))
     assert runs[0] == runs[1]
@@ -64,7 +65,7 @@ def test_interrupted_run_resumes_without_repeating_trials(workdir, ray_cluster):
         assert (r["status"], r["epochs_run"] == 8, r["epochs_run"] == 0) in {
             ("DONE", True, False), ("INTERRUPTED", False, False), ("NOT STARTED", False, True)}, r
     assert sum(r["status"] == "DONE" for r in snapshot["trials"]) >= 1
-    report = subprocess.run([sys.executable, "-m", "libtraffic.report", "--exp_id", "resume"], cwd=workdir,
+    report = warm.run([sys.executable, "-m", "libtraffic.report", "--exp_id", "resume"], cwd=workdir,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                             timeout=TIMEOUT)
     assert report.returncode == 0, report.stderr[-3000:]
@@ -86,7 +87,7 @@ def interrupt_after_second_trial_reports(workdir: Path, ray_address: str, exp_id
     cmd = [sys.executable, str(REPO / "hyper_tune.py"), "--dataset", DATASET, "--space_file", space,
            "--exp_id", exp_id, "--batch_size", "32", *args]
     env = {**os.environ, **RAY_ENV, "RAY_ADDRESS": ray_address}
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = warm.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ray_dir = workdir / "libtraffic" / "cache" / "hyper_tune" / exp_id
     deadline = time.time() + TIMEOUT
     first = second = None
@@ -131,7 +132,7 @@ def test_same_exp_id_at_once_and_resume_must_repeat_settings(workdir, ray_cluste
     env = {**os.environ, **RAY_ENV, "RAY_ADDRESS": ray_cluster}
     base = [sys.executable, str(REPO / "hyper_tune.py"), "--dataset", DATASET, "--space_file", space, "--exp_id", "twice",
             "--batch_size", "32", "--num_samples", "1"]
-    procs = {lr: subprocess.Popen([*base, "--learning_rate", lr], cwd=workdir, env=env, stdout=subprocess.PIPE,
+    procs = {lr: warm.Popen([*base, "--learning_rate", lr], cwd=workdir, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for lr in ("0.01", "0.005")}
     outs = {lr: proc.communicate(timeout=TIMEOUT) for lr, proc in procs.items()}
     codes = {lr: proc.returncode for lr, proc in procs.items()}
@@ -153,7 +154,7 @@ def test_same_exp_id_at_once_and_resume_must_repeat_settings(workdir, ray_cluste
     write_space(workdir, "settings_wider", {"hidden_size": {"type": "choice", "list": [4, 8]},
                                             "max_epoch": {"type": "choice", "list": [1]}})
     changed = [*base[:5], "settings_wider", *base[6:-1], "2", "--learning_rate", "0.001", "--resume"]
-    refused = subprocess.run(changed, cwd=workdir, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    refused = warm.run(changed, cwd=workdir, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     for fragment in ("--resume of experiment twice with other settings than it started with",
                      "--num_samples: stored 1, now 2", f"--learning_rate: stored {float(winner)}, now 0.001",
@@ -161,7 +162,7 @@ def test_same_exp_id_at_once_and_resume_must_repeat_settings(workdir, ray_cluste
         assert fragment in refused.stderr, (fragment, refused.stderr)
     assert "Started a local Ray instance" not in refused.stdout + refused.stderr
 
-    allowed = subprocess.run([*base, "--learning_rate", winner, "--resume", "--log_level", "WARNING"], cwd=workdir,
+    allowed = warm.run([*base, "--learning_rate", winner, "--resume", "--log_level", "WARNING"], cwd=workdir,
                              env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert "Best trial config" in allowed.stdout
@@ -199,7 +200,7 @@ def interrupt_during_final_runs(workdir: Path, ray_address: str, exp_id: str, sp
     cmd = [sys.executable, str(REPO / "hyper_tune.py"), "--dataset", DATASET, "--space_file", space,
            "--exp_id", exp_id, "--batch_size", "32", *args]
     env = {**os.environ, **RAY_ENV, "RAY_ADDRESS": ray_address}
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = warm.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     durable = workdir / "libtraffic" / "cache" / exp_id / RUNS_FILE
     deadline, seen = time.time() + TIMEOUT, []
     while time.time() < deadline and proc.poll() is None and not seen:
