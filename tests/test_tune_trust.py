@@ -78,6 +78,58 @@ def test_experiment_state_is_written_only_after_its_previous_upload_ended(tmp_pa
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
+def test_a_resumed_trials_log_is_downloaded_after_the_running_upload(tmp_path: Path, caplog) -> None:
+    """Section 8, test_s3_storage_interrupt_and_resume (an InvalidRange ERROR with a traceback on --resume):
+    Ray's result logger downloads a resumed trial's progress.csv into the folder the experiment upload may be
+    sending to storage at that moment, half written. With our fix the download starts once that upload has
+    ended: Ray's checkpoint manager, syncer and CSV logger, a real (slow) pyarrow filesystem."""
+    from types import SimpleNamespace
+
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+    from ray.tune.logger import CSVLoggerCallback
+
+    ray_private.upload_experiment_state_in_turn()
+    staging = tmp_path / "staging"
+    events = []
+
+    class Link(_SlowLink):  # notes when the slow upload got through and when the download opened the log
+        def _open(self, path, mode="rb", **kwargs):
+            if "r" in mode and path.endswith("progress.csv"):
+                events.append("download")
+            handle = super()._open(path, mode, **kwargs)
+            if "w" in mode and path.endswith("experiment_state.json"):
+                events.append("upload")
+            return handle
+
+    class Storage(StorageContext):
+        @property
+        def experiment_driver_staging_path(self) -> str:
+            return str(staging)
+
+    _SlowLink.opened = 0
+    storage = Storage(storage_path=str(tmp_path / "remote"), experiment_dir_name="exp",
+                      storage_filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(Link())))
+    remote_log = Path(storage.experiment_fs_path) / "trial_0" / "progress.csv"
+    remote_log.parent.mkdir(parents=True)
+    rows = "epoch,loss\n" + "".join(f"{i},{1 / (i + 1)}\n" for i in range(200))
+    remote_log.write_text(rows)
+    local = staging / "trial_0"
+    local.mkdir(parents=True)
+    # The parts of a restored trial the logger reads (Ray's Trial needs a running Tune to build).
+    trial = SimpleNamespace(checkpoint=object(), local_path=str(local), storage=SimpleNamespace(
+        trial_fs_path=str(remote_log.parent), storage_filesystem=storage.storage_filesystem))
+
+    manager = _ExperimentCheckpointManager(storage=storage, checkpoint_period=0, sync_every_n_trial_checkpoints=1)
+    with caplog.at_level(logging.WARNING, logger="ray"):
+        manager.sync_up_experiment_state(lambda: (staging / "experiment_state.json").write_text("{}"))
+        CSVLoggerCallback()._restore_from_remote("progress.csv", trial)
+        manager.sync_up_experiment_state(lambda: None, force=True, wait=True)
+    assert events[:2] == ["upload", "download"]
+    assert (local / "progress.csv").read_text() == rows == remote_log.read_text()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_final_run_bookkeeping_waits_for_its_end(sig) -> None:

@@ -117,7 +117,8 @@ def upload_experiment_state_in_turn(after_save: Callable[[str], None] | None = N
     Ray has no public switch for this. Installed once, in the driver.
 
     ``after_save(folder)`` runs once Ray has written its state into its staging folder, before that
-    folder is uploaded (signing.py signs the state files there).
+    folder is uploaded (signing.py signs the state files there). The result loggers' downloads on
+    --resume are put in turn with the same uploads (_restore_trial_logs_after_upload).
     """
     global _after_save
     _after_save = after_save
@@ -129,6 +130,9 @@ def upload_experiment_state_in_turn(after_save: Callable[[str], None] | None = N
             return
 
         def sync_up_experiment_state(self, save_fn, force: bool = False, wait: bool = False):
+            global _uploading_storage
+            _uploading_storage = self._storage
+
             def save_after_upload() -> None:
                 _wait_for_upload(self._storage)
                 save_fn()
@@ -139,6 +143,39 @@ def upload_experiment_state_in_turn(after_save: Callable[[str], None] | None = N
 
         sync_up_experiment_state._libtraffic = True
         _ExperimentCheckpointManager.sync_up_experiment_state = sync_up_experiment_state
+        _restore_trial_logs_after_upload()
+
+
+# The storage whose experiment folder the driver uploads (set by the patched sync_up_experiment_state).
+_uploading_storage = None
+
+
+def _restore_trial_logs_after_upload() -> None:
+    """Make Ray Tune's result loggers download a resumed trial's progress.csv / result.json only when the
+    running upload of the experiment folder has ended.
+
+    Why: on --resume with a URI storage, each logger (LoggerCallback._restore_from_remote, Ray 2.60)
+    downloads the trial's file from storage into the driver's staging folder, while a background thread
+    may be uploading that same folder (the experiment state sync). The upload could list the file the
+    download had just created, still empty or half written, and send it to the URI: the download then
+    reads an object that shrank under it (S3: InvalidRange, an ERROR with a traceback) and the rows the
+    trial had before the interruption are lost from its progress.csv. No new upload starts while a
+    logger runs (both run in the driver's loop), so waiting for the running one closes the window.
+    Ray has no public switch for this.
+    """
+    from ray.tune.logger.logger import LoggerCallback
+
+    original = LoggerCallback._restore_from_remote
+    if getattr(original, "_libtraffic", False):
+        return
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        if _uploading_storage is not None:
+            _wait_for_upload(_uploading_storage)
+        return original(self, file_name, trial)
+
+    _restore_from_remote._libtraffic = True
+    LoggerCallback._restore_from_remote = _restore_from_remote
 
 
 def _wait_for_upload(storage) -> None:
