@@ -294,7 +294,8 @@ def signal_when(workdir: Path, ray_address: str, cmd: list[str], sig: int, print
                 if printed in line:
                     break
         else:
-            wait_until(lambda: condition() or proc.poll() is not None, TIMEOUT, "the moment to send the signal")
+            wait_until(lambda: condition() or proc.poll() is not None, TIMEOUT, "the moment to send the signal",
+                       every=0.05)
         assert proc.poll() is None, "".join(out)[-3000:] + err_file.read_text()[-3000:]
         proc.send_signal(sig)
         rest, _ = proc.communicate(timeout=TIMEOUT)
@@ -358,7 +359,9 @@ def test_ctrl_c_while_trials_are_pending_then_resume(workdir, ray_head):
 def test_sigterm_during_the_final_runs_then_resume_then_tampered(workdir, ray_head):
     """Section 4: SIGTERM in the final runs ends with 143 and the resume command (before: a C stack, exit 134);
     the resume (which verifies the signed Ray state first) reuses the run that finished."""
-    cmd = command("term", "one", "--final_seeds", "3", "--max_concurrent", "1")
+    # Runs of 4 epochs, one at a time: once the first is saved, the other two take seconds, and the signal
+    # (polled every 0.05 s) lands among them; with 1-epoch runs all three could end before it.
+    cmd = command("term", "one", "--final_seeds", "3", "--max_concurrent", "1", "--max_epoch", "4")
     durable = workdir / "libtraffic" / "cache" / "term" / "hyper_tune_final_runs.json"
 
     def one_run_saved() -> bool:
@@ -368,7 +371,7 @@ def test_sigterm_during_the_final_runs_then_resume_then_tampered(workdir, ray_he
     assert code == 143, out[-2000:] + err[-3000:]
     assert_no_crash(out, err)
     assert "Terminated (SIGTERM): finished trials are kept. Continue with the same command plus --resume " \
-           "--exp_id term." in err and "final run(s) that finished are kept too" in err
+           "--exp_id term." in err and "final run(s) that finished are kept too" in err, out[-2000:] + err[-2000:]
     kept = json.loads(durable.read_text())["runs"]
     again = run(workdir, ray_head, next_command(err, cmd))
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
