@@ -14,6 +14,9 @@ import pytest
 from conftest import REPO_ROOT, SUBPROCESS_ENV
 from tests import warm
 
+pytestmark = pytest.mark.skipif(os.environ.get("LIBTRAFFIC_COLD_CLI") == "1",
+                                reason="LIBTRAFFIC_COLD_CLI=1: every run starts a new interpreter, none is forked")
+
 PROBE = """import json, os, sys
 line = sys.stdin.readline()
 print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "var": os.environ.get("WARM_PROBE"), "stdin": line,
