@@ -251,7 +251,7 @@ def test_batches_seen_counts_optimizer_steps_and_resumes(tiny_dataset: str) -> N
     executor, (train, valid, _) = build(tiny_dataset, exp_id="seen")
     executor.train(train, valid)
     assert len(train) > 1 and executor.batches_seen == 2 * len(train)
-    assert torch.load(executor.epoch_file(1), weights_only=False)["batches_seen"] == 2 * len(train)
+    assert torch.load(executor.epoch_file(1), weights_only=True)["batches_seen"] == 2 * len(train)
     resumed, (train, valid, _) = build(tiny_dataset, exp_id="seen", epoch=1, max_epoch=3)
     resumed.train(train, valid)
     assert resumed.batches_seen == 3 * len(train)
