@@ -105,7 +105,7 @@ def _warm_target(args: list[str]) -> tuple[str, str] | None:
         return "module", args[2]
     if args[1].startswith("-"):
         return None
-    return "path", str(Path(args[1]).resolve())
+    return "path", args[1]
 
 
 class WarmPopen:
@@ -117,6 +117,9 @@ class WarmPopen:
         self.returncode: int | None = None
         self.text = bool(text)
         kind, target = _warm_target(self.args)
+        cwd = str(cwd if cwd is not None else os.getcwd())
+        if kind == "path":
+            target = str(Path(cwd, target).resolve())  # a relative script is found from the run's folder
         child_fds, self._close_after, parent_ends = [], [], {}
         null = None
         for name, spec, default in (("stdin", stdin, 0), ("stdout", stdout, 1), ("stderr", stderr, 2)):
@@ -143,7 +146,7 @@ class WarmPopen:
         self.stderr = os.fdopen(parent_ends["stderr"], "r" + mode) if "stderr" in parent_ends else None
         env = dict(os.environ if env is None else env)
         request = {"kind": kind, "target": target, "argv": self.args[2:] if kind == "path" else self.args[3:],
-                   "cwd": str(cwd if cwd is not None else os.getcwd()), "env": env,
+                   "cwd": cwd, "env": env,
                    "new_session": bool(start_new_session)}
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._conn.connect(_server_for(env).address)
